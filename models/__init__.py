@@ -1,0 +1,1 @@
+"""Shipped weights, installed as package data of ``vaecodec.models`` (see weights.py)."""

@@ -1,0 +1,71 @@
+"""vaecodec: a learned image codec (mean-scale hyperprior, variable rate) with a CLI.
+
+The public API is two functions and one exception::
+
+    import vaecodec
+    data = vaecodec.encode(PIL.Image.open("a.png"), quality=75)   # -> bytes of a .vae file
+    image = vaecodec.decode(data)                                 # -> PIL.Image, same size/mode
+    vaecodec.read_header(data)                                    # -> Header (no torch needed)
+
+Torch is imported only when a model is needed, so ``vaecodec --help`` and ``info`` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import VaecodecError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .bitstream import Header
+
+__version__ = "1.0.0"
+__all__ = ["encode", "decode", "read_header", "VaecodecError", "__version__"]
+
+DEFAULT_QUALITY = 75.0
+ALPHA_TAG = b"ALPH"
+
+
+def encode(image: "Image.Image", quality: float = DEFAULT_QUALITY, *,
+           model: str | os.PathLike | None = None, device: str | None = None) -> bytes:
+    """Compress a Pillow image to the bytes of a ``.vae`` file.
+
+    ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest).
+    ``model`` is a weights file (default: the shipped one); ``device`` "cpu" (default),
+    "cuda" or "auto".
+    """
+    from . import bitstream, codec, image as image_io, weights
+
+    planes = image_io.split(image)
+    loaded = weights.load(model)
+    coded = codec.encode_pixels(planes.rgb, quality, loaded, mode=planes.mode, device=device)
+    side = {ALPHA_TAG: image_io.pack_alpha(planes.alpha)} if planes.alpha is not None else {}
+    return bitstream.pack(bitstream.Container(coded.header, coded.y_string, coded.z_string,
+                                              side))
+
+
+def decode(data: bytes, *, model: str | os.PathLike | None = None,
+           device: str | None = None) -> "Image.Image":
+    """Decompress the bytes of a ``.vae`` file into an image of its original size and mode."""
+    from . import bitstream, codec, image as image_io, weights
+
+    c = bitstream.unpack(data)
+    h = c.header
+    alpha = None
+    if h.mode in ("RGBA", "LA"):
+        if ALPHA_TAG not in c.side:
+            raise bitstream.FormatError(f"corrupt .vae file: {h.mode} image without alpha")
+        alpha = image_io.unpack_alpha(c.side[ALPHA_TAG], h.width, h.height)
+    loaded = weights.load(model)
+    rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device)
+    return image_io.merge(rgb, alpha, h.mode)
+
+
+def read_header(data: bytes) -> "Header":
+    """Parse and validate a ``.vae`` file's header (and its CRC) without decoding it."""
+    from . import bitstream
+
+    return bitstream.unpack(data).header

@@ -1,0 +1,177 @@
+"""The ``.vae`` container: a header, the entropy-coded strings, side data, and a CRC32.
+
+Stdlib only: parsing a file needs no torch, and every field is checked against its limits
+before anything is allocated from it, so a 20-byte file cannot ask for a 100000x100000 image.
+The layout is specified byte by byte in the README ("Container format"); change both together
+and bump ``VERSION`` when old files would read differently.
+
+All integers are big-endian. Layout of version 1::
+
+    0   4  magic            89 56 41 45  ("\\x89VAE")
+    4   1  version          1
+    5   1  mode             0 RGB, 1 L, 2 RGBA, 3 LA
+    6   2  flags            0 (reserved)
+    8   8  model hash       first 8 bytes of SHA-256 of the weights file
+    16  4  width            1 .. MAX_SIDE
+    20  4  height           1 .. MAX_SIDE
+    24  4  quality          float32, 0 .. 100
+    28  2  z height         ceil(height / 64)
+    30  2  z width          ceil(width / 64)
+    32  1  model id length  n <= 64
+    33  n  model id         ASCII
+    .   4  y string length  then the bytes
+    .   4  z string length  then the bytes
+    .   1  side chunk count k <= 16, then k times: 4-byte tag, u32 length, bytes
+    .   4  CRC32            over every byte before it
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from .errors import ChecksumError, FormatError, ImageTooLargeError, UnsupportedVersionError
+
+MAGIC = b"\x89VAE"
+VERSION = 1
+MODES = ("RGB", "L", "RGBA", "LA")
+MAX_SIDE = 65535
+MAX_PIXELS = 1 << 26          # 67 MP: bounds the decoder's memory (no tiling yet)
+MAX_MODEL_ID = 64
+MAX_CHUNKS = 16
+LATENT_STRIDE = 64            # z is the image downsampled by 64 (y by 16)
+
+_FIXED = struct.Struct(">4sBBH8sIIfHHB")
+
+
+@dataclass
+class Header:
+    """Everything the decoder needs besides the weights: plain values, no tensors."""
+
+    width: int
+    height: int
+    mode: str
+    quality: float
+    model_id: str
+    model_hash: bytes
+    z_shape: tuple[int, int]
+    version: int = VERSION
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class Container:
+    header: Header
+    y_string: bytes
+    z_string: bytes
+    side: dict[bytes, bytes] = field(default_factory=dict)
+
+
+def latent_shape(width: int, height: int) -> tuple[int, int]:
+    """Shape of z for an image, after padding to a multiple of 64."""
+    return (-(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE))
+
+
+def check_dimensions(width: int, height: int) -> None:
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise ImageTooLargeError(
+            f"image size {width}x{height} is outside 1..{MAX_SIDE} pixels per side")
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
+            f"(the limit is {MAX_PIXELS / 1e6:.1f} MP)")
+
+
+def pack(c: Container) -> bytes:
+    h = c.header
+    check_dimensions(h.width, h.height)
+    mid = h.model_id.encode("ascii")
+    if len(mid) > MAX_MODEL_ID or len(h.model_hash) != 8:
+        raise FormatError("model id too long or model hash not 8 bytes")
+    if len(c.side) > MAX_CHUNKS or any(len(t) != 4 for t in c.side):
+        raise FormatError("too many side chunks or a tag that is not 4 bytes")
+    parts = [
+        _FIXED.pack(MAGIC, VERSION, MODES.index(h.mode), 0, h.model_hash, h.width, h.height,
+                    h.quality, h.z_shape[0], h.z_shape[1], len(mid)),
+        mid,
+        struct.pack(">I", len(c.y_string)), c.y_string,
+        struct.pack(">I", len(c.z_string)), c.z_string,
+        struct.pack(">B", len(c.side)),
+    ]
+    for tag, data in c.side.items():
+        parts += [tag, struct.pack(">I", len(data)), data]
+    body = b"".join(parts)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+class _Reader:
+    def __init__(self, data: bytes, end: int):
+        self.data, self.pos, self.end = data, 0, end
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.end - self.pos:
+            raise FormatError(f"truncated .vae file: {what} runs past the end of the data")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u(self, fmt: str, what: str) -> int:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
+
+
+def unpack(data: bytes) -> Container:
+    """Parse and validate; raises a ``FormatError`` subclass with a readable message."""
+    data = bytes(data)
+    if len(data) < 4 or data[:4] != MAGIC:
+        raise FormatError("not a .vae file (wrong magic bytes)")
+    if len(data) < 5:
+        raise FormatError("truncated .vae file: no version byte")
+    if data[4] != VERSION:
+        raise UnsupportedVersionError(
+            f"unsupported .vae format version {data[4]} (this build reads version {VERSION})")
+    if len(data) < _FIXED.size + 4:
+        raise FormatError(f"truncated .vae file: {len(data)} bytes is shorter than a header")
+    r = _Reader(data, len(data) - 4)
+    (_, version, mode, flags, model_hash, width, height, quality, zh, zw,
+     mid_len) = _FIXED.unpack(r.take(_FIXED.size, "header"))
+    model_id = r.take(mid_len, "model id")
+    y_string = r.take(r.u(">I", "y string length"), "y string")
+    z_string = r.take(r.u(">I", "z string length"), "z string")
+    n_chunks = r.u(">B", "side chunk count")
+    if n_chunks > MAX_CHUNKS:
+        raise FormatError(f"corrupt .vae file: {n_chunks} side chunks (at most {MAX_CHUNKS})")
+    side: dict[bytes, bytes] = {}
+    for _ in range(n_chunks):
+        tag = r.take(4, "side chunk tag")
+        side[tag] = r.take(r.u(">I", "side chunk length"), "side chunk")
+    if r.pos != r.end:
+        raise FormatError("corrupt .vae file: unexpected bytes after the last chunk")
+    (crc,) = struct.unpack(">I", data[-4:])
+    if zlib.crc32(data[:-4]) != crc:
+        raise ChecksumError("checksum mismatch: the .vae file is corrupt")
+    # The CRC matched, so odd values below were written by a buggy or hostile encoder.
+    if flags != 0 or mode >= len(MODES):
+        raise FormatError(f"corrupt .vae file: unknown mode {mode} or flags {flags}")
+    check_dimensions(width, height)
+    if (zh, zw) != latent_shape(width, height):
+        raise FormatError(f"corrupt .vae file: latent shape {zh}x{zw} does not fit "
+                          f"a {width}x{height} image")
+    if not 0.0 <= quality <= 100.0:
+        raise FormatError(f"corrupt .vae file: quality {quality} outside 0..100")
+    try:
+        mid = model_id.decode("ascii")
+    except UnicodeDecodeError:
+        raise FormatError("corrupt .vae file: model id is not ASCII") from None
+    header = Header(width=width, height=height, mode=MODES[mode], quality=quality,
+                    model_id=mid, model_hash=model_hash, z_shape=(zh, zw), version=version)
+    return Container(header, y_string, z_string, side)
+
+
+def as_float32(x: float) -> float:
+    """The value a float takes once stored in the header: the encoder must use exactly
+    this one, or the decoder would compute other gains."""
+    return struct.unpack(">f", struct.pack(">f", float(x)))[0]

@@ -1,0 +1,91 @@
+"""Pixels <-> entropy-coded strings: padding, quality -> rate level, device, inference mode.
+
+Knows the model and the container's Header, nothing of files or Pillow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
+from .errors import VaecodecError, WeightsMismatchError
+from .weights import LoadedModel
+
+DEFAULT_QUALITY = 75.0
+
+
+@dataclass
+class Coded:
+    header: Header
+    y_string: bytes
+    z_string: bytes
+
+
+def quality_to_level(quality: float, levels: int) -> float:
+    """0 -> the lowest trained rate, 100 -> the highest, linear in between (in log-lambda,
+    since the levels form a geometric lambda grid)."""
+    return float(quality) / 100.0 * (levels - 1)
+
+
+def _device(device: str | None):
+    import torch
+
+    if device in (None, "cpu"):
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VaecodecError(f"device {device} requested but no GPU is available")
+    return torch.device(device)
+
+
+def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
+                  device: str | None = None) -> Coded:
+    """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge)."""
+    import torch
+
+    if not (0.0 <= float(quality) <= 100.0):
+        raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
+    h, w = rgb.shape[:2]
+    check_dimensions(w, h)
+    quality = as_float32(quality)
+    dev = _device(device)
+    model = loaded.model.to(dev)
+    zh, zw = latent_shape(w, h)
+    ph, pw = zh * LATENT_STRIDE, zw * LATENT_STRIDE
+    with torch.inference_mode():
+        x = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).to(dev).permute(2, 0, 1)[None]
+        x = x.float().div_(255)
+        if (ph, pw) != (h, w):
+            # replicate padding needs pad < size for 'reflect' only; 'replicate' is fine
+            x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
+        out = model.compress(x, quality_to_level(quality, model.levels))
+    y_strings, z_strings = out["strings"]
+    header = Header(width=w, height=h, mode=mode, quality=quality, model_id=loaded.model_id,
+                    model_hash=loaded.model_hash, z_shape=tuple(out["shape"]))
+    return Coded(header, y_strings[0], z_strings[0])
+
+
+def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None) -> np.ndarray:
+    """Returns HxWx3 uint8 of exactly the header's size."""
+    import torch
+
+    h = coded.header
+    if h.model_hash != loaded.model_hash:
+        raise WeightsMismatchError(
+            f"this file was encoded with other weights ({h.model_id}, hash "
+            f"{h.model_hash.hex()}); the loaded weights are {loaded.model_id} "
+            f"({loaded.model_hash.hex()})")
+    dev = _device(device)
+    model = loaded.model.to(dev)
+    with torch.inference_mode():
+        try:
+            x = model.decompress([[coded.y_string], [coded.z_string]], h.z_shape,
+                                 quality_to_level(h.quality, model.levels))
+        except (RuntimeError, ValueError) as e:
+            raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
+        x = x[0, :, : h.height, : h.width]
+        rgb = x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return np.ascontiguousarray(rgb)
