@@ -174,6 +174,33 @@ def info(file: str) -> None:
 
 
 @main.command(epilog=EPILOG)
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--codecs", help="Comma-separated subset of: vaecodec,jpeg,png,webp,avif,jp2.")
+@click.option("--qualities", help="vaecodec qualities to sweep, e.g. 0,25,50,75,100.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Write results.json, results.csv and rd.png here.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel processes.")
+@click.option("--reference", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Published RD curves (JSON) to add as rows and curves; repeatable.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def bench(directory: str, codecs: str | None, qualities: str | None, out: str | None,
+          jobs: int, reference: tuple[str, ...], quiet: bool) -> None:
+    """Compare vaecodec with JPEG, PNG, WebP, AVIF (and JPEG 2000) on DIRECTORY's images:
+    bpp from whole files, PSNR, MS-SSIM, speed, BD-rate against JPEG, an RD plot."""
+    from . import bench as bench_mod
+
+    try:
+        result = bench_mod.main(directory, codecs=codecs, qualities=qualities, out=out,
+                                jobs=jobs, reference=list(reference) or None,
+                                progress=not quiet, echo=click.echo)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if result.errors:
+        sys.exit(1)
+
+
+@main.command(epilog=EPILOG)
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Checkpoint file, written every few minutes.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False),

@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+
+
+@pytest.fixture(scope="session")
+def kodak() -> Path:
+    if not KODAK.is_dir():
+        pytest.skip("../shared/data/kodak is not present")
+    return KODAK
+
+
+@pytest.fixture(scope="session")
+def kodim(kodak):
+    def load(n: int) -> Image.Image:
+        with Image.open(kodak / f"kodim{n:02d}.png") as im:
+            return im.convert("RGB")
+    return load
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    x = np.asarray(a.convert("RGB"), dtype=np.float64)
+    y = np.asarray(b.convert("RGB"), dtype=np.float64)
+    mse = ((x - y) ** 2).mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
+
+
+def run_cli(*args, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """The installed console script's code path, in a fresh process (real stdin/stdout)."""
+    return subprocess.run([sys.executable, "-m", "vaecodec.cli", *map(str, args)], input=input,
+                          capture_output=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "default"})
+
+
+def natural_image(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A crop of a Kodak photo when available (codec behaviour on noise is meaningless)."""
+    if KODAK.is_dir():
+        with Image.open(KODAK / "kodim23.png") as im:
+            im = im.convert("RGB")
+            if w <= im.width and h <= im.height:
+                return im.crop((100, 60, 100 + w, 60 + h))
+            return im.resize((w, h), Image.BICUBIC)
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (max(h // 8, 1), max(w // 8, 1), 3), dtype=np.uint8)
+    return Image.fromarray(base).resize((w, h), Image.BICUBIC)
