@@ -242,7 +242,8 @@ def train(cfg: TrainConfig, resume: str | None = None, progress_bar: bool = True
                     be.copy_(bm)
         step += 1
         for k in ("loss", "bpp", "psnr"):
-            avg[k] = 0.98 * avg.get(k, float(res[k])) + 0.02 * float(res[k])
+            v = float(res[k].detach())
+            avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",

@@ -1,0 +1,50 @@
+"""Training runs, checkpoints, resumes and exports a file the codec can use (tiny and fast)."""
+
+import torch
+from click.testing import CliRunner
+
+import vaecodec
+from vaecodec.cli import main
+from vaecodec.train import TrainConfig, lr_at
+
+from conftest import natural_image
+
+
+def test_train_resume_export_encode(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i, size in enumerate([(80, 72), (96, 64), (70, 140)]):
+        natural_image(*size).save(data / f"img{i}.png")
+    ck = tmp_path / "ck.pt"
+    r = CliRunner()
+    args = ["train", str(data), "--out", str(ck), "--crop", "64", "--batch-size", "2",
+            "--threads", "1"]
+    res = r.invoke(main, args + ["--steps", "2"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert torch.load(ck, weights_only=True)["step"] == 2
+    res = r.invoke(main, args + ["--steps", "4", "--resume", str(ck)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "resumed" in res.output
+    assert torch.load(ck, weights_only=True)["step"] == 4
+    w = tmp_path / "mine.safetensors"
+    res = r.invoke(main, ["export", str(ck), str(w), "--model-id", "mine"],
+                   catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    im = natural_image(64, 48)
+    data_vae = vaecodec.encode(im, 50, model=w)
+    assert vaecodec.read_header(data_vae).model_id == "mine"
+    assert vaecodec.decode(data_vae, model=w).size == (64, 48)
+
+
+def test_train_needs_a_length(tmp_path):
+    res = CliRunner().invoke(main, ["train", str(tmp_path), "--out", str(tmp_path / "c.pt")])
+    assert res.exit_code == 2 and "--steps" in res.output
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(data="", out="", steps=1000, warmup=100, lr=1e-4, lr_min=1e-5,
+                      decay_frac=0.2)
+    assert lr_at(cfg, 0, 0.0) < lr_at(cfg, 50, 0.05) < lr_at(cfg, 100, 0.1) == 1e-4
+    assert lr_at(cfg, 700, 0.7) == 1e-4
+    assert 1e-5 < lr_at(cfg, 900, 0.9) < 1e-4
+    assert abs(lr_at(cfg, 1000, 1.0) - 1e-5) < 1e-12
