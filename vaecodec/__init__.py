@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .bitstream import Header
+    from .codec import Coded
+    from .weights import LoadedModel
 
 __version__ = "1.0.0"
 __all__ = ["encode", "decode", "read_header", "VaecodecError", "__version__"]
@@ -30,12 +32,14 @@ ALPHA_TAG = b"ALPH"
 
 
 def encode(image: "Image.Image", quality: float = DEFAULT_QUALITY, *,
-           model: str | os.PathLike | None = None, device: str | None = None) -> bytes:
+           model: str | os.PathLike | None = None, device: str | None = None,
+           keep_metadata: bool = False) -> bytes:
     """Compress a Pillow image to the bytes of a ``.vae`` file.
 
     ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest).
     ``model`` is a weights file (default: the shipped one); ``device`` "cpu" (default),
-    "cuda" or "auto".
+    "cuda" or "auto". The ICC profile is always kept; EXIF and XMP only with
+    ``keep_metadata=True``.
     """
     from . import bitstream, codec, image as image_io, weights
 
@@ -43,14 +47,20 @@ def encode(image: "Image.Image", quality: float = DEFAULT_QUALITY, *,
     loaded = weights.load(model)
     coded = codec.encode_pixels(planes.rgb, quality, loaded, mode=planes.mode, device=device)
     side = {ALPHA_TAG: image_io.pack_alpha(planes.alpha)} if planes.alpha is not None else {}
+    side.update(image_io.metadata_chunks(image, planes.mode, keep_metadata))
     return bitstream.pack(bitstream.Container(coded.header, coded.y_string, coded.z_string,
                                               side))
 
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,
            device: str | None = None) -> "Image.Image":
-    """Decompress the bytes of a ``.vae`` file into an image of its original size and mode."""
-    from . import bitstream, codec, image as image_io, weights
+    """Decompress the bytes of a ``.vae`` file into an image of its original size and mode.
+
+    Without ``model`` the weights are found by the hash the file records, among the
+    installed ones; metadata stored in the file is in ``image.info`` ("icc_profile",
+    "exif", "xmp"). Side chunks this version does not know are ignored.
+    """
+    from . import bitstream, codec, image as image_io
 
     c = bitstream.unpack(data)
     h = c.header
@@ -59,9 +69,13 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
         if ALPHA_TAG not in c.side:
             raise bitstream.FormatError(f"corrupt .vae file: {h.mode} image without alpha")
         alpha = image_io.unpack_alpha(c.side[ALPHA_TAG], h.width, h.height)
-    loaded = weights.load(model)
-    rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device)
-    return image_io.merge(rgb, alpha, h.mode)
+    info = image_io.metadata_info(c.side, h.mode)
+    loaded = _weights_for(h, model)
+    coded = _bounded_for_range_decoder(codec.Coded(h, c.y_string, c.z_string), loaded)
+    rgb = codec.decode_pixels(coded, loaded, device=device)
+    im = image_io.merge(rgb, alpha, h.mode)
+    im.info.update(info)
+    return im
 
 
 def read_header(data: bytes) -> "Header":
@@ -69,3 +83,46 @@ def read_header(data: bytes) -> "Header":
     from . import bitstream
 
     return bitstream.unpack(data).header
+
+
+def _weights_for(h: "Header", model: str | os.PathLike | None) -> "LoadedModel":
+    """The weights a file needs: the given ones (``decode_pixels`` refuses them, naming both,
+    if the hash differs), else the installed file with the recorded hash."""
+    from . import weights
+    from .errors import WeightsMismatchError
+
+    if model is not None:
+        return weights.load(model)
+    path = weights.find_by_hash(h.model_hash)
+    if path is None:
+        have = ", ".join(map(weights.describe, weights.installed())) or "none"
+        raise WeightsMismatchError(
+            f"this file was encoded with other weights: it needs {h.model_id} (hash "
+            f"{h.model_hash.hex()}), and no installed weights match (installed in "
+            f"{weights.models_dir()}: {have}); pass that weights file with --model / model=")
+    return weights.load(path)
+
+
+def _bounded_for_range_decoder(coded: "Coded", loaded: "LoadedModel") -> "Coded":
+    """Pad both strings with zeros so CompressAI's range decoder stays inside them.
+
+    Its C++ rANS decoder reads the string without bounds checks: every symbol it decodes may
+    pull one more 32-bit word, whether or not the string has one (CompressAI issue #300).
+    On a hostile file (valid CRC, garbage or truncated strings) it then reads whatever memory
+    follows: a different image on every run, or a segfault (a 68-byte file declaring
+    256x256 with empty strings crashes the process). A valid string is consumed exactly, so
+    the zeros change nothing for it. The bound: 2 words at start, at most one per symbol,
+    and bypass-coded values (escape nibbles) at most 16 bytes per string byte, plus slack.
+    """
+    from .codec import Coded
+
+    zh, zw = coded.header.z_shape
+    m = loaded.model
+    z_symbols = m.N * zh * zw
+    y_symbols = m.M * (4 * zh) * (4 * zw)
+    return Coded(coded.header, _zero_pad(coded.y_string, y_symbols),
+                 _zero_pad(coded.z_string, z_symbols))
+
+
+def _zero_pad(s: bytes, symbols: int) -> bytes:
+    return s + bytes(4 * (symbols + 2) + 16 * len(s) + 65536)

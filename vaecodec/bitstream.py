@@ -22,6 +22,8 @@ All integers are big-endian. Layout of version 1::
     .   4  y string length  then the bytes
     .   4  z string length  then the bytes
     .   1  side chunk count k <= 16, then k times: 4-byte tag, u32 length, bytes
+           (tags: ALPH, ICCP, EXIF, "XMP "; unknown tags are kept and ignored, a repeated
+           tag is an error)
     .   4  CRC32            over every byte before it
 """
 
@@ -43,6 +45,13 @@ MAX_CHUNKS = 16
 LATENT_STRIDE = 64            # z is the image downsampled by 64 (y by 16)
 
 _FIXED = struct.Struct(">4sBBH8sIIfHHB")
+MAX_U32 = 0xFFFFFFFF
+
+# Side chunk tags. A reader ignores tags it does not know, so new ones need no version bump.
+TAG_ALPHA = b"ALPH"           # zlib-deflated alpha plane, width x height bytes
+TAG_ICC = b"ICCP"             # zlib-deflated ICC colour profile (kept by default)
+TAG_EXIF = b"EXIF"            # raw EXIF (TIFF) block, only with keep_metadata
+TAG_XMP = b"XMP "             # zlib-deflated XMP packet (UTF-8), only with keep_metadata
 
 
 @dataclass
@@ -94,6 +103,11 @@ def pack(c: Container) -> bytes:
         raise FormatError("model id too long or model hash not 8 bytes")
     if len(c.side) > MAX_CHUNKS or any(len(t) != 4 for t in c.side):
         raise FormatError("too many side chunks or a tag that is not 4 bytes")
+    too_long = [n for n, s in (("y string", c.y_string), ("z string", c.z_string),
+                               *((t.decode("latin-1"), d) for t, d in c.side.items()))
+                if len(s) > MAX_U32]
+    if too_long:
+        raise FormatError(f"cannot write a .vae file: {too_long[0]} exceeds 4 GiB")
     parts = [
         _FIXED.pack(MAGIC, VERSION, MODES.index(h.mode), 0, h.model_hash, h.width, h.height,
                     h.quality, h.z_shape[0], h.z_shape[1], len(mid)),
@@ -144,10 +158,10 @@ def unpack(data: bytes) -> Container:
     n_chunks = r.u(">B", "side chunk count")
     if n_chunks > MAX_CHUNKS:
         raise FormatError(f"corrupt .vae file: {n_chunks} side chunks (at most {MAX_CHUNKS})")
-    side: dict[bytes, bytes] = {}
+    chunks = []
     for _ in range(n_chunks):
         tag = r.take(4, "side chunk tag")
-        side[tag] = r.take(r.u(">I", "side chunk length"), "side chunk")
+        chunks.append((tag, r.take(r.u(">I", "side chunk length"), "side chunk")))
     if r.pos != r.end:
         raise FormatError("corrupt .vae file: unexpected bytes after the last chunk")
     (crc,) = struct.unpack(">I", data[-4:])
@@ -166,6 +180,9 @@ def unpack(data: bytes) -> Container:
         mid = model_id.decode("ascii")
     except UnicodeDecodeError:
         raise FormatError("corrupt .vae file: model id is not ASCII") from None
+    side = dict(chunks)
+    if len(side) != len(chunks):
+        raise FormatError("corrupt .vae file: a side chunk tag appears twice")
     header = Header(width=width, height=height, mode=MODES[mode], quality=quality,
                     model_id=mid, model_hash=model_hash, z_shape=(zh, zw), version=version)
     return Container(header, y_string, z_string, side)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,6 +19,8 @@ EPILOG = """\b
 Examples:
   vaecodec encode photo.png -o photo.vae -q 60
   vaecodec decode photo.vae -o photo.png
+  vaecodec encode shots/*.jpg -o vae/ -q 50 --keep-metadata
+  vaecodec decode vae/ -o png/
   vaecodec info photo.vae
   cat photo.png | vaecodec encode - -o - > photo.vae
   vaecodec bench kodak/ --out results/
@@ -31,6 +34,25 @@ def _fail(msg: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+#: What a bad input file can raise; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (VaecodecError, OSError, MemoryError)
+
+
+def describe(e: BaseException) -> str:
+    """One line a person understands, for an exception in ``EXPECTED_ERRORS``."""
+    if isinstance(e, VaecodecError):
+        return str(e)
+    if isinstance(e, FileNotFoundError):
+        return f"no such file or directory: {e.filename}"
+    if isinstance(e, IsADirectoryError):
+        return f"is a directory: {e.filename}"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename}"
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    return getattr(e, "strerror", None) or str(e)
+
+
 def friendly_errors(f):
     """Map every expected failure to one line on stderr: no traceback for a bad file."""
 
@@ -38,18 +60,8 @@ def friendly_errors(f):
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
-        except VaecodecError as e:
-            _fail(str(e))
-        except FileNotFoundError as e:
-            _fail(f"no such file or directory: {e.filename}")
-        except IsADirectoryError as e:
-            _fail(f"is a directory: {e.filename}")
-        except PermissionError as e:
-            _fail(f"permission denied: {e.filename}")
-        except OSError as e:
-            _fail(e.strerror or str(e))
-        except MemoryError:
-            _fail("out of memory")
+        except EXPECTED_ERRORS as e:
+            _fail(describe(e))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -90,31 +102,138 @@ def main() -> None:
 
 
 @main.command(epilog=EPILOG)
-@click.argument("input", metavar="IN")
-@click.option("-o", "--output", help="Output .vae file ('-' = stdout). Default: IN with .vae.")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output",
+              help="Output .vae file ('-' = stdout); a directory when several inputs or a "
+                   "directory are given. Default: IN with .vae.")
 @click.option("-q", "--quality", type=click.FloatRange(0, 100), default=DEFAULT_QUALITY,
               show_default=True, help="0 = smallest file, 100 = best quality; any real value.")
 @click.option("--model", type=click.Path(dir_okay=False), help="Weights file (default: shipped).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--keep-metadata", is_flag=True,
+              help="Also keep EXIF and XMP (the ICC colour profile is always kept).")
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
-def encode(input: str, output: str | None, quality: float, model: str | None, device: str,
-           print_psnr: bool, quiet: bool) -> None:
-    """Compress an image (PNG, JPEG, anything Pillow reads) to a .vae file."""
+def encode(inputs: tuple[str, ...], output: str | None, quality: float, model: str | None,
+           device: str, keep_metadata: bool, print_psnr: bool, quiet: bool) -> None:
+    """Compress images (PNG, JPEG, anything Pillow reads) to .vae files.
+
+    IN may be several files or directories (their images, not recursive): each gives one
+    .vae file, next to it or in the directory -o; a bad file is reported and skipped, and
+    the exit code is 1 if any failed."""
+
+    def one(inp: str, out: str) -> str:
+        return _encode_one(inp, out, quality, model, device, keep_metadata, print_psnr)
+
+    _run(_plan(inputs, output, ".vae", _is_image_name), one, quiet, "encoded")
+
+
+def _encode_one(input: str, output: str, quality: float, model: str | None, device: str,
+                keep_metadata: bool, print_psnr: bool) -> str:
     import vaecodec
     from .image import read_image
 
-    output = output or _default_output(input, ".vae")
     im = read_image(_read_input(input) if input == "-" else input)
-    data = vaecodec.encode(im, quality, model=model, device=device)
+    data = vaecodec.encode(im, quality, model=model, device=device,
+                           keep_metadata=keep_metadata)
     _write_output(output, data)
     w, h = im.size
     msg = (f"{input} -> {output}: {w}x{h} {im.mode}, {len(data)} bytes, "
            f"{8 * len(data) / (w * h):.4f} bpp, quality {quality:g}")
     if print_psnr:
         msg += f", PSNR {_psnr(im, vaecodec.decode(data, model=model, device=device)):.2f} dB"
-    _report(msg, output, quiet)
+    return msg
+
+
+@dataclass
+class Job:
+    """One input and its output; ``problem`` is why it cannot even be tried."""
+
+    input: str
+    output: str
+    problem: str | None = None
+
+
+def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, wanted
+          ) -> tuple[list[Job], bool]:
+    """Inputs -> jobs. One file keeps the single-file meaning of -o (a file, or '-'); several
+    inputs or a directory make -o a directory (created if missing). Two inputs that would
+    write the same output (a.png and a.jpg) are a problem for the second, not an overwrite.
+    Returns the jobs and whether this is a batch."""
+    if len(inputs) == 1 and not Path(inputs[0]).is_dir():
+        out = output or _default_output(inputs[0], suffix)
+        if "-" not in (inputs[0], out) and Path(out).is_dir():
+            out = str(Path(out) / Path(_default_output(inputs[0], suffix)).name)
+        return [Job(inputs[0], out)], False
+    if "-" in inputs or output == "-":
+        raise click.UsageError("'-' (stdin/stdout) works with a single input only")
+    if output is not None:
+        if Path(output).exists() and not Path(output).is_dir():
+            raise click.UsageError(f"-o {output} is not a directory: with several inputs or "
+                                   f"a directory, -o names the output directory")
+        Path(output).mkdir(parents=True, exist_ok=True)
+    jobs, seen = [], {}
+    for inp in _expand(inputs, wanted):
+        if isinstance(inp, Job):
+            jobs.append(inp)
+            continue
+        out = _default_output(inp, suffix)
+        if output is not None:
+            out = str(Path(output) / Path(out).name)
+        key = str(Path(out).resolve())
+        problem = f"{out} is also the output of {seen[key]}; skipped" if key in seen else None
+        seen.setdefault(key, inp)
+        jobs.append(Job(inp, out, problem))
+    return jobs, True
+
+
+def _expand(inputs: tuple[str, ...], wanted):
+    """Files as given; directories as their wanted files, sorted (a problem if none)."""
+    for inp in inputs:
+        p = Path(inp)
+        if not p.is_dir():
+            yield inp
+            continue
+        files = sorted(f for f in p.iterdir() if f.is_file() and wanted(f))
+        if not files:
+            yield Job(inp, "", "no input files in this directory")
+        yield from map(str, files)
+
+
+def _is_image_name(p: Path) -> bool:
+    from PIL import Image
+
+    ext = p.suffix.lower()
+    return ext != ".vae" and ext in Image.registered_extensions()
+
+
+def _is_vae_name(p: Path) -> bool:
+    return p.suffix.lower() == ".vae"
+
+
+def _run(plan: tuple[list[Job], bool], one, quiet: bool, verb: str) -> None:
+    """Run every job; a failure is one line on stderr and the next file goes on. A single
+    file fails exactly as before (its error, exit 1); Ctrl-C stops the whole batch."""
+    jobs, batch = plan
+    if not batch:
+        _report(one(jobs[0].input, jobs[0].output), jobs[0].output, quiet)
+        return
+    failed = 0
+    for job in jobs:
+        try:
+            if job.problem:
+                raise VaecodecError(job.problem)
+            _report(one(job.input, job.output), job.output, quiet)
+        except EXPECTED_ERRORS as e:
+            failed += 1
+            msg = describe(e)
+            prefix = "" if job.input in msg else f"{job.input}: "
+            click.echo(f"vaecodec: error: {prefix}{msg}", err=True)
+    _report(f"{len(jobs) - failed} of {len(jobs)} files {verb}"
+            + (f", {failed} failed" if failed else ""), "", quiet)
+    if failed:
+        sys.exit(1)
 
 
 def _psnr(a, b) -> float:
@@ -127,23 +246,31 @@ def _psnr(a, b) -> float:
 
 
 @main.command(epilog=EPILOG)
-@click.argument("input", metavar="IN")
-@click.option("-o", "--output", help="Output PNG ('-' = stdout). Default: IN with .png.")
-@click.option("--model", type=click.Path(dir_okay=False), help="Weights file (default: shipped).")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output",
+              help="Output PNG ('-' = stdout); a directory when several inputs or a directory "
+                   "are given. Default: IN with .png.")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="Weights file (default: the installed weights the file names by hash).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
-def decode(input: str, output: str | None, model: str | None, device: str,
+def decode(inputs: tuple[str, ...], output: str | None, model: str | None, device: str,
            quiet: bool) -> None:
-    """Decompress a .vae file to PNG."""
-    import vaecodec
-    from .image import png_bytes
+    """Decompress .vae files to PNG (with the ICC profile, EXIF and XMP they carry).
 
-    output = output or _default_output(input, ".png")
-    im = vaecodec.decode(_read_input(input), model=model, device=device)
-    data = png_bytes(im)
-    _write_output(output, data)
-    _report(f"{input} -> {output}: {im.size[0]}x{im.size[1]} {im.mode}", output, quiet)
+    IN may be several files or directories (their .vae files): as for encode, one PNG each,
+    a bad file is reported and skipped, and the exit code is 1 if any failed."""
+
+    def one(inp: str, out: str) -> str:
+        import vaecodec
+        from .image import png_bytes
+
+        im = vaecodec.decode(_read_input(inp), model=model, device=device)
+        _write_output(out, png_bytes(im))
+        return f"{inp} -> {out}: {im.size[0]}x{im.size[1]} {im.mode}"
+
+    _run(_plan(inputs, output, ".png", _is_vae_name), one, quiet, "decoded")
 
 
 @main.command(epilog=EPILOG)

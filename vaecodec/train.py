@@ -168,9 +168,18 @@ def _load_float_params(model: torch.nn.Module, state: dict) -> None:
 
 
 def train(cfg: TrainConfig, resume: str | None = None, progress_bar: bool = True) -> Path:
+    """Flush-to-zero makes GDN's tiny values cheap on CPU; it is process-wide state, so it
+    is switched off again afterwards (it breaks IEEE semantics for the caller's code)."""
+    torch.set_flush_denormal(True)
+    try:
+        return _train(cfg, resume, progress_bar)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool) -> Path:
     from tqdm import tqdm
 
-    torch.set_flush_denormal(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 DEFAULT_WEIGHTS = "vaecodec-hyperprior-vr.safetensors"
 ARCHITECTURE = "VariableRateHyperprior"
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+MAX_CHANNELS = 512      # bounds N and M read from a file before a model is built from them
+MAX_LEVELS = 64
 
 
 @dataclass
@@ -55,7 +58,55 @@ def default_weights_path() -> Path:
 
 
 def file_hash(path: str | os.PathLike) -> bytes:
-    return hashlib.sha256(Path(path).read_bytes()).digest()[:8]
+    """First 8 bytes of the file's SHA-256, cached by (path, size, mtime): searching the
+    installed weights for a container's hash must not re-read every file on every decode."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise WeightsError(f"weights file not found: {p}") from None
+    return _hash_cached(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _hash_cached(path: str, size: int, mtime_ns: int) -> bytes:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise WeightsError(f"cannot read weights file {path}: {e.strerror or e}") from None
+    return h.digest()[:8]
+
+
+def installed() -> list[Path]:
+    """Every weights file a decoder may pick by hash: ``*.safetensors`` in ``models_dir()``,
+    the default first (it is the likeliest match, and hashing stops at the first hit)."""
+    d = models_dir()
+    found = sorted(d.glob("*.safetensors")) if d.is_dir() else []
+    default = default_weights_path()
+    return sorted(found, key=lambda p: p != default)
+
+
+def find_by_hash(model_hash: bytes, candidates: list[Path] | None = None) -> Path | None:
+    """The candidate whose file hash is ``model_hash`` (default: the installed weights), or
+    None. Unreadable candidates are skipped: one broken file must not hide a good one."""
+    for path in installed() if candidates is None else candidates:
+        try:
+            if file_hash(path) == model_hash:
+                return Path(path)
+        except WeightsError:
+            continue
+    return None
+
+
+def describe(path: Path) -> str:
+    """``name (hash)`` for an error message; it must not fail on a file it describes."""
+    try:
+        return f"{path.name} ({file_hash(path).hex()})"
+    except WeightsError:
+        return f"{path.name} (unreadable)"
 
 
 def load_state(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
@@ -81,7 +132,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except Exception as e:  # safetensors raises several unrelated types on bad files
-        raise WeightsError(f"cannot read weights file {path}: {e}") from None
+        why = " ".join(str(e).split()) or type(e).__name__
+        raise WeightsError(f"cannot read weights file {path}: not a safetensors file ({why})"
+                           ) from None
 
 
 @lru_cache(maxsize=4)
@@ -92,12 +145,9 @@ def _load_cached(path: str, mtime_ns: int) -> LoadedModel:
     if meta.get("architecture") != ARCHITECTURE:
         raise WeightsError(f"{path} holds no {ARCHITECTURE} weights "
                            f"(architecture: {meta.get('architecture', 'unknown')})")
-    try:
-        N, M = int(meta["N"]), int(meta["M"])
-        lambdas = tuple(json.loads(meta["lambdas"]))
-    except (KeyError, ValueError) as e:
-        raise WeightsError(f"{path}: incomplete metadata ({e})") from None
+    N, M, lambdas = _architecture(path, meta)
     state = load_state(path)
+    _check_shapes(path, state, N, M, len(lambdas))
     model = VariableRateHyperprior(N=N, M=M, lambdas=lambdas)
     _resize_cdf_buffers(model, state)
     try:
@@ -122,6 +172,39 @@ def load(path: str | os.PathLike | None = None) -> LoadedModel:
     except OSError:
         raise WeightsError(f"weights file not found: {p}") from None
     return _load_cached(str(p.resolve()), st.st_mtime_ns)
+
+
+def _architecture(path: str, meta: dict[str, str]) -> tuple[int, int, tuple[float, ...]]:
+    """N, M and lambdas from the metadata, bounded before any module is built from them:
+    N = 10^8 in a hostile file would otherwise allocate gigabytes of convolution weights."""
+    try:
+        N, M = int(meta["N"]), int(meta["M"])
+        lambdas = json.loads(meta["lambdas"])
+        if not isinstance(lambdas, list):
+            raise ValueError("lambdas is not a list")
+        lambdas = tuple(float(x) for x in lambdas)
+    except (KeyError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: incomplete or invalid metadata ({e})") from None
+    if not (1 <= N <= MAX_CHANNELS and 1 <= M <= MAX_CHANNELS):
+        raise WeightsError(f"{path}: N={N}, M={M} outside 1..{MAX_CHANNELS}")
+    if not (2 <= len(lambdas) <= MAX_LEVELS
+            and all(math.isfinite(x) and x > 0 for x in lambdas)):
+        raise WeightsError(f"{path}: lambdas must be 2..{MAX_LEVELS} positive numbers")
+    return N, M, lambdas
+
+
+def _check_shapes(path: str, state: dict, N: int, M: int, levels: int) -> None:
+    """The metadata must describe the tensors: a file whose N or M disagrees with its own
+    tensors is refused before a model of that size is built. A name missing here is left
+    to the strict ``load_state_dict`` below, which names it."""
+    expected = {"y_log_gain": (levels, M), "z_log_gain": (levels, N),
+                "entropy_bottleneck.quantiles": (N, 1, 3)}
+    for name, shape in expected.items():
+        got = tuple(state[name].shape) if name in state else shape
+        if got != shape:
+            raise WeightsError(f"{path} does not fit the {ARCHITECTURE} architecture: "
+                               f"{name} has shape {got}, expected {shape} "
+                               f"(N={N}, M={M}, {levels} levels)")
 
 
 def _resize_cdf_buffers(model: "torch.nn.Module", state: dict) -> None:
