@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .bitstream import Header
-    from .codec import Coded
     from .weights import LoadedModel
 
 __version__ = "1.0.0"
@@ -71,8 +70,7 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
         alpha = image_io.unpack_alpha(c.side[ALPHA_TAG], h.width, h.height)
     info = image_io.metadata_info(c.side, h.mode)
     loaded = _weights_for(h, model)
-    coded = _bounded_for_range_decoder(codec.Coded(h, c.y_string, c.z_string), loaded)
-    rgb = codec.decode_pixels(coded, loaded, device=device)
+    rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device)
     im = image_io.merge(rgb, alpha, h.mode)
     im.info.update(info)
     return im
@@ -101,28 +99,3 @@ def _weights_for(h: "Header", model: str | os.PathLike | None) -> "LoadedModel":
             f"{h.model_hash.hex()}), and no installed weights match (installed in "
             f"{weights.models_dir()}: {have}); pass that weights file with --model / model=")
     return weights.load(path)
-
-
-def _bounded_for_range_decoder(coded: "Coded", loaded: "LoadedModel") -> "Coded":
-    """Pad both strings with zeros so CompressAI's range decoder stays inside them.
-
-    Its C++ rANS decoder reads the string without bounds checks: every symbol it decodes may
-    pull one more 32-bit word, whether or not the string has one (CompressAI issue #300).
-    On a hostile file (valid CRC, garbage or truncated strings) it then reads whatever memory
-    follows: a different image on every run, or a segfault (a 68-byte file declaring
-    256x256 with empty strings crashes the process). A valid string is consumed exactly, so
-    the zeros change nothing for it. The bound: 2 words at start, at most one per symbol,
-    and bypass-coded values (escape nibbles) at most 16 bytes per string byte, plus slack.
-    """
-    from .codec import Coded
-
-    zh, zw = coded.header.z_shape
-    m = loaded.model
-    z_symbols = m.N * zh * zw
-    y_symbols = m.M * (4 * zh) * (4 * zw)
-    return Coded(coded.header, _zero_pad(coded.y_string, y_symbols),
-                 _zero_pad(coded.z_string, z_symbols))
-
-
-def _zero_pad(s: bytes, symbols: int) -> bytes:
-    return s + bytes(4 * (symbols + 2) + 16 * len(s) + 65536)

@@ -21,6 +21,7 @@ All integers are big-endian. Layout of version 1::
     33  n  model id         ASCII
     .   4  y string length  then the bytes
     .   4  z string length  then the bytes
+    .   4  symbols CRC32    CRC32 of the decoded y symbols (little-endian int32)
     .   1  side chunk count k <= 16, then k times: 4-byte tag, u32 length, bytes
            (tags: ALPH, ICCP, EXIF, "XMP "; unknown tags are kept and ignored, a repeated
            tag is an error)
@@ -65,6 +66,7 @@ class Header:
     model_id: str
     model_hash: bytes
     z_shape: tuple[int, int]
+    symbols_crc: int = 0          # the decoder's check that the range coder stayed in sync
     version: int = VERSION
 
     @property
@@ -114,6 +116,7 @@ def pack(c: Container) -> bytes:
         mid,
         struct.pack(">I", len(c.y_string)), c.y_string,
         struct.pack(">I", len(c.z_string)), c.z_string,
+        struct.pack(">I", h.symbols_crc),
         struct.pack(">B", len(c.side)),
     ]
     for tag, data in c.side.items():
@@ -155,6 +158,7 @@ def unpack(data: bytes) -> Container:
     model_id = r.take(mid_len, "model id")
     y_string = r.take(r.u(">I", "y string length"), "y string")
     z_string = r.take(r.u(">I", "z string length"), "z string")
+    symbols_crc = r.u(">I", "symbols CRC")
     n_chunks = r.u(">B", "side chunk count")
     if n_chunks > MAX_CHUNKS:
         raise FormatError(f"corrupt .vae file: {n_chunks} side chunks (at most {MAX_CHUNKS})")
@@ -184,7 +188,8 @@ def unpack(data: bytes) -> Container:
     if len(side) != len(chunks):
         raise FormatError("corrupt .vae file: a side chunk tag appears twice")
     header = Header(width=width, height=height, mode=MODES[mode], quality=quality,
-                    model_id=mid, model_hash=model_hash, z_shape=(zh, zw), version=version)
+                    model_id=mid, model_hash=model_hash, z_shape=(zh, zw),
+                    symbols_crc=symbols_crc, version=version)
     return Container(header, y_string, z_string, side)
 
 

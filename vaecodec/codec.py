@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
-from .errors import VaecodecError, WeightsMismatchError
+from .errors import DecodeMismatchError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
 
 DEFAULT_QUALITY = 75.0
@@ -42,7 +42,7 @@ def _device(device: str | None):
 
 
 def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
-                  device: str | None = None) -> Coded:
+                  device: str | None = None, integer: bool = True) -> Coded:
     """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge)."""
     import torch
 
@@ -61,15 +61,18 @@ def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: st
         if (ph, pw) != (h, w):
             # replicate padding needs pad < size for 'reflect' only; 'replicate' is fine
             x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
-        out = model.compress(x, quality_to_level(quality, model.levels))
+        out = model.compress(x, quality_to_level(quality, model.levels), integer=integer)
     y_strings, z_strings = out["strings"]
     header = Header(width=w, height=h, mode=mode, quality=quality, model_id=loaded.model_id,
-                    model_hash=loaded.model_hash, z_shape=tuple(out["shape"]))
+                    model_hash=loaded.model_hash, z_shape=tuple(out["shape"]),
+                    symbols_crc=out["symbols_crc"])
     return Coded(header, y_strings[0], z_strings[0])
 
 
-def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None) -> np.ndarray:
-    """Returns HxWx3 uint8 of exactly the header's size."""
+def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
+                  integer: bool = True) -> np.ndarray:
+    """Returns HxWx3 uint8 of exactly the header's size, or raises if the decoded symbols'
+    CRC differs from the encoder's (a desynchronised range decoder, never a wrong image)."""
     import torch
 
     h = coded.header
@@ -82,10 +85,37 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None) 
     model = loaded.model.to(dev)
     with torch.inference_mode():
         try:
-            x = model.decompress([[coded.y_string], [coded.z_string]], h.z_shape,
-                                 quality_to_level(h.quality, model.levels))
+            y, z = _bounded_for_range_decoder(coded, model)
+            x, crc = model.decompress([[y], [z]], h.z_shape,
+                                      quality_to_level(h.quality, model.levels),
+                                      integer=integer, device=dev)
         except (RuntimeError, ValueError) as e:
             raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
+        if crc != h.symbols_crc:
+            raise DecodeMismatchError(
+                "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
+                "file is corrupt or was encoded by an incompatible implementation")
         x = x[0, :, : h.height, : h.width]
         rgb = x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return np.ascontiguousarray(rgb)
+
+
+def _bounded_for_range_decoder(coded: Coded, model) -> tuple[bytes, bytes]:
+    """Pad both strings with zeros so CompressAI's range decoder stays inside them.
+
+    Its C++ rANS decoder reads the string without bounds checks: every symbol it decodes may
+    pull one more 32-bit word, whether or not the string has one (CompressAI issue #300).
+    On a hostile file (valid CRC, garbage or truncated strings) it then reads whatever memory
+    follows: a different image on every run, or a segfault (a 68-byte file declaring
+    256x256 with empty strings crashes the process). A valid string is consumed exactly, so
+    the zeros change nothing for it. The bound: 2 words at start, at most one per symbol,
+    and bypass-coded values (escape nibbles) at most 16 bytes per string byte, plus slack.
+    """
+    zh, zw = coded.header.z_shape
+    z_symbols = model.N * zh * zw
+    y_symbols = model.M * (4 * zh) * (4 * zw)
+    return _zero_pad(coded.y_string, y_symbols), _zero_pad(coded.z_string, z_symbols)
+
+
+def _zero_pad(s: bytes, symbols: int) -> bytes:
+    return s + bytes(4 * (symbols + 2) + 16 * len(s) + 65536)

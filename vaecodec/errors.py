@@ -32,3 +32,8 @@ class InputImageError(VaecodecError):
 
 class WeightsError(VaecodecError):
     """A weights file that is missing, unreadable, or of another architecture."""
+
+
+class DecodeMismatchError(FormatError):
+    """The decoded symbols' checksum differs from the encoder's: writing the image would
+    mean writing garbage, so decoding stops."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from typing import Any
 
 import torch
@@ -35,6 +36,9 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
+
+from .intnet import (FRAC_BITS, IntegerHyperSynthesis, gains_fixed, scale_indexes,
+                     scale_thresholds)
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
@@ -146,34 +150,93 @@ class VariableRateHyperprior(nn.Module):
         return self.entropy_bottleneck.loss()
 
     # -- coding --------------------------------------------------------------------------
+    #
+    # compress/decompress compute the entropy coder's inputs (CDF indexes of y, and its means)
+    # from z with the integer hyper-synthesis (intnet.py), so they are the same bits on any
+    # machine; ``integer=False`` keeps the float path as a control. Both return/check a CRC32
+    # of the y symbols, so a desynchronised decode is detected instead of written out.
 
     def update(self) -> None:
         """Build the integer CDF tables; done once at export, never at load time."""
         self.entropy_bottleneck.update(force=True)
         self.gaussian_conditional.update_scale_table(scale_table(), force=True)
+        self._coding_cache = None
 
-    def _y_params(self, z_strings: list[bytes], z_shape: tuple[int, int], gz_inv: Tensor,
-                  gy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z_shape)
-        scales, means = self.h_s(z_hat * gz_inv).chunk(2, 1)
-        scales_g, means_g = scales * gy, means * gy
-        return z_hat, self.gaussian_conditional.build_indexes(scales_g), means_g
+    def _cache(self) -> dict[str, Any]:
+        cache = getattr(self, "_coding_cache", None)
+        if cache is None:
+            gc = self.gaussian_conditional
+            cache = self._coding_cache = {
+                "cdf": gc._quantized_cdf.tolist(),
+                "cdf_length": gc._cdf_length.reshape(-1).int().tolist(),
+                "offset": gc._offset.reshape(-1).int().tolist(),
+                "int_h_s": IntegerHyperSynthesis(self.h_s),
+                "thresholds": scale_thresholds(gc.scale_table),
+            }
+        return cache
 
-    def compress(self, x: Tensor, level: float) -> dict[str, Any]:
+    def _y_params(self, z_hat_g: Tensor, level: float, integer: bool) -> tuple[Tensor, Tensor]:
+        """CDF indexes and means of the gained y, from the decoded (gained) z, on the CPU."""
+        z_hat_g = z_hat_g.cpu()
+        if integer:
+            gy, gy_int = gains_fixed(self.y_log_gain, level)
+            gz_inv, _ = gains_fixed(self.z_log_gain_inv, level)
+            x = z_hat_g.double() * torch.tensor(gz_inv, dtype=torch.float64).view(1, -1, 1, 1)
+            c = self._cache()
+            scales_int, means_int = c["int_h_s"](IntegerHyperSynthesis.to_grid(x)).chunk(2, 1)
+            indexes = scale_indexes(scales_int, gy_int, c["thresholds"])
+            gyt = torch.tensor(gy, dtype=torch.float64).view(1, -1, 1, 1)
+            means_g = (means_int * 2.0 ** -FRAC_BITS * gyt).float()
+            return indexes, means_g
+        lv = torch.full((z_hat_g.size(0),), float(level))
+        gy, _, _, gz_inv = (g.cpu() for g in self.gains(lv))
+        h_s = self.h_s.cpu()
+        scales, means = h_s(z_hat_g * gz_inv).chunk(2, 1)
+        return self.gaussian_conditional.build_indexes(scales * gy), means * gy
+
+    def compress(self, x: Tensor, level: float, integer: bool = True) -> dict[str, Any]:
+        """One image (batch of 1) -> z and y strings, z's shape, and the y symbols' CRC32."""
+        from compressai.ans import RansEncoder
+
         lv = torch.full((x.size(0),), float(level), device=x.device)
-        gy, _, gz, gz_inv = self.gains(lv)
+        _, _, gz, _ = self.gains(lv)
         y = self.g_a(x)
         z = self.h_a(y) * gz
-        z_shape = tuple(z.shape[-2:])
         z_strings = self.entropy_bottleneck.compress(z)
-        _, indexes, means_g = self._y_params(z_strings, z_shape, gz_inv, gy)
-        y_strings = self.gaussian_conditional.compress(y * gy, indexes, means=means_g)
-        return {"strings": [y_strings, z_strings], "shape": z_shape}
+        z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        indexes, means_g = self._y_params(z_hat_g, level, integer)
+        gy, _ = gains_fixed(self.y_log_gain, level)
+        y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
+        symbols = torch.round(y_g - means_g).int()
+        c = self._cache()
+        y_string = RansEncoder().encode_with_indexes(
+            symbols.reshape(-1).tolist(), indexes.reshape(-1).tolist(), c["cdf"],
+            c["cdf_length"], c["offset"])
+        return {"strings": [[y_string], z_strings], "shape": tuple(z.shape[-2:]),
+                "symbols_crc": symbols_crc(symbols)}
 
-    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float
-                   ) -> Tensor:
-        lv = torch.full((len(strings[1]),), float(level))
-        gy, gy_inv, _, gz_inv = self.gains(lv)
-        _, indexes, means_g = self._y_params(strings[1], tuple(shape), gz_inv, gy)
-        y_hat_g = self.gaussian_conditional.decompress(strings[0], indexes, means=means_g)
-        return self.g_s(y_hat_g * gy_inv).clamp_(0, 1)
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
+                   integer: bool = True, device: torch.device | None = None
+                   ) -> tuple[Tensor, int]:
+        """Strings -> (x_hat in [0, 1], CRC32 of the decoded y symbols): the caller compares
+        the CRC with the one the encoder stored before trusting x_hat."""
+        from compressai.ans import RansDecoder
+
+        z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        indexes, means_g = self._y_params(z_hat_g, level, integer)
+        c = self._cache()
+        decoded = RansDecoder().decode_with_indexes(
+            strings[0][0], indexes.reshape(-1).tolist(), c["cdf"], c["cdf_length"], c["offset"])
+        symbols = torch.tensor(decoded, dtype=torch.int32).view_as(indexes)
+        gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
+        y_hat = (symbols.float() + means_g) * torch.tensor(gy_inv, dtype=torch.float32).view(
+            1, -1, 1, 1)
+        dev = device or next(self.g_s.parameters()).device
+        return self.g_s(y_hat.to(dev)).clamp_(0, 1), symbols_crc(symbols)
+
+
+def symbols_crc(symbols: Tensor) -> int:
+    """CRC32 of the symbols as little-endian int32, the same on every machine."""
+    import numpy as np
+
+    return zlib.crc32(symbols.cpu().numpy().astype("<i4").tobytes())
