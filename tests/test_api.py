@@ -30,7 +30,7 @@ def test_kodak_quality_is_monotone_in_rate_and_distortion(kodim):
     bpps, psnrs = zip(*results)
     assert list(bpps) == sorted(bpps), results
     assert list(psnrs) == sorted(psnrs), results
-    assert bpps[0] < 0.25 and bpps[-1] > 1.0, results
+    assert bpps[0] < 0.25 and bpps[-1] > 5 * bpps[0], results
 
 
 def test_fractional_qualities_lie_between_their_neighbours(kodim):

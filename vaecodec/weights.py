@@ -239,6 +239,7 @@ def export(model: "VariableRateHyperprior", out: str | os.PathLike, model_id: st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     save_file(state, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     return file_hash(out)
 
