@@ -60,6 +60,12 @@ def friendly_errors(f):
     def wrapper(*args, **kwargs):
         try:
             return f(*args, **kwargs)
+        except BrokenPipeError:
+            # the reader went away (`vaecodec info x.vae | head`): quiet, like other tools
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except EXPECTED_ERRORS as e:
             _fail(describe(e))
         except KeyboardInterrupt:
