@@ -13,9 +13,6 @@ from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, late
 from .errors import DecodeMismatchError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
 
-DEFAULT_QUALITY = 75.0
-
-
 @dataclass
 class Coded:
     header: Header

@@ -237,6 +237,4 @@ class VariableRateHyperprior(nn.Module):
 
 def symbols_crc(symbols: Tensor) -> int:
     """CRC32 of the symbols as little-endian int32, the same on every machine."""
-    import numpy as np
-
     return zlib.crc32(symbols.cpu().numpy().astype("<i4").tobytes())
