@@ -30,25 +30,50 @@ DEFAULT_QUALITY = 75.0
 ALPHA_TAG = b"ALPH"
 
 
-def encode(image: "Image.Image", quality: float = DEFAULT_QUALITY, *,
+def encode(image: "Image.Image", quality: float | None = None, *,
+           size: int | None = None, bpp: float | None = None, psnr: float | None = None,
            model: str | os.PathLike | None = None, device: str | None = None,
            keep_metadata: bool = False) -> bytes:
     """Compress a Pillow image to the bytes of a ``.vae`` file.
 
-    ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest).
-    ``model`` is a weights file (default: the shipped one); ``device`` "cpu" (default),
-    "cuda" or "auto". The ICC profile is always kept; EXIF and XMP only with
-    ``keep_metadata=True``.
+    ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest), default 75.
+    Or give one target instead and the quality is searched for (``read_header(data).quality``
+    tells which): ``size`` (bytes of the whole file, never exceeded; VaecodecError if even
+    quality 0 is larger), ``bpp`` (the same, as bits per pixel) or ``psnr`` (dB over the
+    colour planes, the closest the model reaches). ``model`` is a weights file (default:
+    the shipped one); ``device`` "cpu" (default), "cuda" or "auto". The ICC profile is
+    always kept; EXIF and XMP only with ``keep_metadata=True``.
     """
-    from . import bitstream, codec, image as image_io, weights
+    from . import bitstream, codec, image as image_io, ratecontrol, weights
 
+    targets = {k: v for k, v in (("size", size), ("bpp", bpp), ("psnr", psnr)) if v is not None}
+    if len(targets) + (quality is not None) > 1:
+        raise VaecodecError("give one of quality, size, bpp and psnr, not "
+                            + " and ".join(["quality"] * (quality is not None) + list(targets)))
     planes = image_io.split(image)
     loaded = weights.load(model)
-    coded = codec.encode_pixels(planes.rgb, quality, loaded, mode=planes.mode, device=device)
     side = {ALPHA_TAG: image_io.pack_alpha(planes.alpha)} if planes.alpha is not None else {}
     side.update(image_io.metadata_chunks(image, planes.mode, keep_metadata))
-    return bitstream.pack(bitstream.Container(coded.header, coded.y_string, coded.z_string,
-                                              side))
+
+    def pack(coded: "codec.Coded") -> bytes:
+        return bitstream.pack(bitstream.Container(coded.header, coded.y_string,
+                                                  coded.z_string, side))
+
+    if not targets:
+        q = DEFAULT_QUALITY if quality is None else quality
+        return pack(codec.encode_pixels(planes.rgb, q, loaded, mode=planes.mode, device=device))
+    analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device)
+    if psnr is not None:
+        def try_psnr(q: float) -> tuple[bytes, float]:
+            coded, y_hat = codec.code_at(analysis, q, loaded)
+            return pack(coded), image_io.psnr(planes.rgb, codec.reconstruct(analysis, y_hat,
+                                                                             loaded))
+
+        return ratecontrol.fit_psnr(try_psnr, lambda r: r[1], float(psnr)).result[0]
+    h, w = planes.rgb.shape[:2]
+    limit = int(size) if size is not None else int(float(bpp) * w * h / 8)
+    return ratecontrol.fit_size(lambda q: pack(codec.code_at(analysis, q, loaded)[0]), len,
+                                limit).result
 
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,

@@ -29,6 +29,28 @@ Examples:
 """
 
 
+class ByteSize(click.ParamType):
+    """Bytes with an optional k/M (1000-based) or KiB/MiB (1024-based) suffix."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 10 ** 6, "mb": 10 ** 6,
+             "kib": 1024, "mib": 1024 ** 2}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        num = text.rstrip("kKmMiIbB")
+        unit = text[len(num):].lower()
+        try:
+            n = float(num) * self.UNITS[unit]
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size (e.g. 40000, 50k, 1.2M, 64KiB)", param, ctx)
+        if not (n >= 1 and n < 2 ** 63):
+            self.fail(f"{value!r}: a size must be at least 1 byte", param, ctx)
+        return int(n)
+
+
 def _fail(msg: str, code: int = 1) -> None:
     click.echo(f"vaecodec: error: {msg}", err=True)
     sys.exit(code)
@@ -112,8 +134,16 @@ def main() -> None:
 @click.option("-o", "--output",
               help="Output .vae file ('-' = stdout); a directory when several inputs or a "
                    "directory are given. Default: IN with .vae.")
-@click.option("-q", "--quality", type=click.FloatRange(0, 100), default=DEFAULT_QUALITY,
-              show_default=True, help="0 = smallest file, 100 = best quality; any real value.")
+@click.option("-q", "--quality", type=click.FloatRange(0, 100),
+              help=f"0 = smallest file, 100 = best quality; any real value. "
+                   f"[default: {DEFAULT_QUALITY:g}]")
+@click.option("--size", "size", metavar="BYTES", type=ByteSize(),
+              help="Target file size instead of -q (e.g. 40000, 50k, 1.2M, 64KiB): the best "
+                   "quality whose file is not larger.")
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), metavar="BPP",
+              help="Target bits per pixel instead of -q (an upper bound, like --size).")
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), metavar="DB",
+              help="Target PSNR in dB instead of -q (the closest the model reaches).")
 @click.option("--model", type=click.Path(dir_okay=False), help="Weights file (default: shipped).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--keep-metadata", is_flag=True,
@@ -121,32 +151,43 @@ def main() -> None:
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
-def encode(inputs: tuple[str, ...], output: str | None, quality: float, model: str | None,
+def encode(inputs: tuple[str, ...], output: str | None, quality: float | None, size: int | None,
+           target_bpp: float | None, target_psnr: float | None, model: str | None,
            device: str, keep_metadata: bool, print_psnr: bool, quiet: bool) -> None:
     """Compress images (PNG, JPEG, anything Pillow reads) to .vae files.
 
     IN may be several files or directories (their images, not recursive): each gives one
     .vae file, next to it or in the directory -o; a bad file is reported and skipped, and
-    the exit code is 1 if any failed."""
+    the exit code is 1 if any failed. With --size, --target-bpp or --target-psnr the
+    quality is searched for each image (the analysis transform runs once) and reported."""
+    given = [n for n, v in (("-q", quality), ("--size", size), ("--target-bpp", target_bpp),
+                            ("--target-psnr", target_psnr)) if v is not None]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} are alternatives: give one")
+    target = {"size": size, "bpp": target_bpp, "psnr": target_psnr}
+    target = {k: v for k, v in target.items() if v is not None}
 
     def one(inp: str, out: str) -> str:
-        return _encode_one(inp, out, quality, model, device, keep_metadata, print_psnr)
+        return _encode_one(inp, out, quality, target, model, device, keep_metadata, print_psnr)
 
     _run(_plan(inputs, output, ".vae", _is_image_name), one, quiet, "encoded")
 
 
-def _encode_one(input: str, output: str, quality: float, model: str | None, device: str,
-                keep_metadata: bool, print_psnr: bool) -> str:
+def _encode_one(input: str, output: str, quality: float | None, target: dict,
+                model: str | None, device: str, keep_metadata: bool, print_psnr: bool) -> str:
     import vaecodec
     from .image import read_image
 
     im = read_image(_read_input(input) if input == "-" else input)
     data = vaecodec.encode(im, quality, model=model, device=device,
-                           keep_metadata=keep_metadata)
+                           keep_metadata=keep_metadata, **target)
     _write_output(output, data)
     w, h = im.size
+    chosen = vaecodec.read_header(data).quality
+    how = "".join(f" (chosen for --{'size' if k == 'size' else 'target-' + k} {v:g})"
+                  for k, v in target.items())
     msg = (f"{input} -> {output}: {w}x{h} {im.mode}, {len(data)} bytes, "
-           f"{8 * len(data) / (w * h):.4f} bpp, quality {quality:g}")
+           f"{8 * len(data) / (w * h):.4f} bpp, quality {chosen:.4g}{how}")
     if print_psnr:
         msg += f", PSNR {_psnr(im, vaecodec.decode(data, model=model, device=device)):.2f} dB"
     return msg
@@ -342,7 +383,8 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
               help="Start from shipped weights (.safetensors) or a single-rate state_dict.")
 @click.option("--steps", type=int, default=0, help="Stop after this many steps.")
 @click.option("--minutes", type=float, default=0.0, help="Stop after this much time.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Crops per step and process (under torchrun the step sees N times as many).")
 @click.option("--crop", type=int, default=192, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--decay-frac", type=float, default=0.2, show_default=True,
@@ -350,19 +392,29 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 @click.option("--bf16/--no-bf16", default=True, show_default=True,
               help="bfloat16 autocast around the transforms (about 2x faster on CPU).")
 @click.option("--threads", type=int, default=0, help="Torch threads (0: all cores).")
-@click.option("--log", help="Append a CSV learning curve here.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda (under torchrun each process takes the GPU of its LOCAL_RANK).")
+@click.option("--log", "--log-csv", "log",
+              help="Append a CSV learning curve here (under torchrun spell it --log-csv: "
+              "torchrun takes --log for a prefix of its own --log-dir).")
 @friendly_errors
 def train(data_dir: str, out: str, resume: str | None, init_from: str | None, steps: int,
           minutes: float, batch_size: int, crop: int, lr: float, decay_frac: float,
-          bf16: bool, threads: int, log: str | None) -> None:
-    """Train (or continue training) the model on random crops of the images in DATA_DIR."""
+          bf16: bool, threads: int, device: str, log: str | None) -> None:
+    """Train (or continue training) the model on random crops of the images in DATA_DIR.
+
+    \b
+    Several GPUs or machines (DistributedDataParallel, nccl on GPUs, gloo on CPUs):
+      torchrun --nproc_per_node=N -m vaecodec.train DATA_DIR --out CKPT --device cuda ...
+    """
     from .train import TrainConfig, train as run
 
     if not steps and not minutes:
         raise click.UsageError("give --steps or --minutes (or both)")
     cfg = TrainConfig(data=data_dir, out=out, steps=steps, minutes=minutes,
                       batch_size=batch_size, crop=crop, lr=lr, decay_frac=decay_frac,
-                      bf16=bf16, threads=threads, init_from=init_from, log=log)
+                      bf16=bf16, threads=threads, device=device, init_from=init_from,
+                      log=log)
     try:
         run(cfg, resume=resume)
     except ValueError as e:

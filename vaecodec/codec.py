@@ -6,12 +6,14 @@ Knows the model and the container's Header, nothing of files or Pillow.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
 from .errors import DecodeMismatchError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
+
 
 @dataclass
 class Coded:
@@ -38,16 +40,24 @@ def _device(device: str | None):
     return torch.device(device)
 
 
-def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
-                  device: str | None = None, integer: bool = True) -> Coded:
+@dataclass
+class Analysis:
+    """An image after g_a and h_a: all of encoding that does not depend on the rate, so rate
+    control runs the analysis transform once and only re-quantizes per try."""
+
+    rgb: np.ndarray
+    mode: str
+    y: Any
+    z: Any
+
+
+def analyze_pixels(rgb: np.ndarray, loaded: LoadedModel, mode: str = "RGB",
+                   device: str | None = None) -> Analysis:
     """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge)."""
     import torch
 
-    if not (0.0 <= float(quality) <= 100.0):
-        raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
     h, w = rgb.shape[:2]
     check_dimensions(w, h)
-    quality = as_float32(quality)
     dev = _device(device)
     model = loaded.model.to(dev)
     zh, zw = latent_shape(w, h)
@@ -56,14 +66,54 @@ def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: st
         x = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).to(dev).permute(2, 0, 1)[None]
         x = x.float().div_(255)
         if (ph, pw) != (h, w):
-            # replicate padding needs pad < size for 'reflect' only; 'replicate' is fine
             x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
-        out = model.compress(x, quality_to_level(quality, model.levels), integer=integer)
+        y, z = model.analyze(x)
+        del x
+    return Analysis(rgb, mode, y, z)
+
+
+def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = True
+            ) -> tuple[Coded, Any]:
+    """The analysis at one quality -> the coded strings and header, and the decoder's latent
+    (``reconstruct`` turns it into the pixels the decoder will produce)."""
+    import torch
+
+    if not (0.0 <= float(quality) <= 100.0):
+        raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
+    quality = as_float32(quality)
+    h, w = a.rgb.shape[:2]
+    with torch.inference_mode():
+        out = loaded.model.compress_latent(a.y, a.z, quality_to_level(quality, loaded.model.levels),
+                                           integer=integer)
     y_strings, z_strings = out["strings"]
-    header = Header(width=w, height=h, mode=mode, quality=quality, model_id=loaded.model_id,
+    header = Header(width=w, height=h, mode=a.mode, quality=quality, model_id=loaded.model_id,
                     model_hash=loaded.model_hash, z_shape=tuple(out["shape"]),
                     symbols_crc=out["symbols_crc"])
-    return Coded(header, y_strings[0], z_strings[0])
+    return Coded(header, y_strings[0], z_strings[0]), out["y_hat"]
+
+
+def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:
+    """The decoder's pixels for a latent from ``code_at``: the same synthesis and rounding as
+    ``decode_pixels``, without entropy decoding."""
+    import torch
+
+    with torch.inference_mode():
+        x = loaded.model.synthesize(y_hat, device=a.y.device)
+        return _to_uint8(x, *a.rgb.shape[:2])
+
+
+def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
+                  device: str | None = None, integer: bool = True) -> Coded:
+    if not (0.0 <= float(quality) <= 100.0):
+        raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
+    return code_at(analyze_pixels(rgb, loaded, mode, device), quality, loaded, integer)[0]
+
+
+def _to_uint8(x, h: int, w: int) -> np.ndarray:
+    import torch
+
+    x = x[0, :, :h, :w]
+    return np.ascontiguousarray(x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
 
 
 def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
@@ -92,9 +142,7 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
             raise DecodeMismatchError(
                 "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
                 "file is corrupt or was encoded by an incompatible implementation")
-        x = x[0, :, : h.height, : h.width]
-        rgb = x.mul(255).round_().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return np.ascontiguousarray(rgb)
+        return _to_uint8(x, h.height, h.width)
 
 
 def _bounded_for_range_decoder(coded: Coded, model) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ Mode rules (documented in the README):
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import zlib
@@ -238,3 +239,9 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 arrays of one shape (inf when identical)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)

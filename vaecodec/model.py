@@ -42,10 +42,21 @@ from .intnet import (FRAC_BITS, IntegerHyperSynthesis, gains_fixed, scale_indexe
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
+#: Pixels per y latent (g_a downsamples 4 times by 2).
+Y_STRIDE = 16
+#: Transforms run in tiles of TILE x TILE latents (1024 x 1024 pixels), so memory stays bounded
+#: for any image size; smaller images run whole.
+TILE = 64
+#: Halo in latents. g_a's receptive field reaches 30 pixels from a latent's own 16 x 16 block
+#: (5x5 stride-2 convolutions: 2 + 4 + 8 + 16), so a 2-latent halo makes every kept latent
+#: exactly the whole-image one. g_s reaches under 2 latents; 3 leaves margin.
+HALO_ANALYSIS, HALO_SYNTHESIS = 2, 3
+
 #: The lambdas (in lambda * 255^2 * MSE + bpp) of the trained rate levels: a geometric grid.
-DEFAULT_LAMBDAS = tuple(
-    float(0.0018 * (0.0932 / 0.0018) ** (i / 7)) for i in range(8)
-)
+#: It reaches below CompressAI's lowest (0.0018) and above its highest (0.0932) lambda because
+#: one set of transforms serving every rate is weaker at the ends than eight separate models,
+#: and the ends must still reach ~0.12 and ~1.6 bpp on Kodak.
+DEFAULT_LAMBDAS = tuple(float(0.0004 * (0.13 / 0.0004) ** (i / 9)) for i in range(10))
 
 
 def scale_table() -> Tensor:
@@ -97,6 +108,24 @@ class VariableRateHyperprior(nn.Module):
             self.y_log_gain.copy_(lg[:, None].expand_as(self.y_log_gain))
             self.y_log_gain_inv.copy_(-lg[:, None].expand_as(self.y_log_gain_inv))
 
+    def regrid(self, old_lambdas: Tensor, tables: dict[str, Tensor]) -> None:
+        """Gains trained on another lambda grid -> this model's grid: interpolate the log-gains
+        in log-lambda, and beyond the old ends extend the y gains as sqrt(lambda) (the
+        high-rate optimum) while z keeps the end gains. Lets a new grid start from trained
+        weights instead of from scratch."""
+        old = torch.log(old_lambdas.double())
+        new = torch.log(self.lambdas.double())
+        inside = new.clamp(old[0], old[-1])
+        i = (torch.searchsorted(old, inside, right=True) - 1).clamp(0, len(old) - 2)
+        t = ((inside - old[i]) / (old[i + 1] - old[i]))[:, None]
+        beyond = (new - new.clamp(old[0], old[-1]))[:, None]
+        with torch.no_grad():
+            for name, sign in (("y_log_gain", 0.5), ("y_log_gain_inv", -0.5),
+                               ("z_log_gain", 0.0), ("z_log_gain_inv", 0.0)):
+                tab = tables[name].double()
+                val = (1 - t) * tab[i] + t * tab[i + 1] + sign * beyond
+                getattr(self, name).copy_(val.float())
+
     # -- rate levels ---------------------------------------------------------------------
 
     def _interp(self, table: Tensor, level: Tensor) -> Tensor:
@@ -129,20 +158,20 @@ class VariableRateHyperprior(nn.Module):
         """Training pass: uniform noise for the rate terms, straight-through rounding
         ``round(y - mu) + mu`` into the synthesis (no train/test mismatch for g_s)."""
         gy, gy_inv, gz, gz_inv = self.gains(level)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             y = self.g_a(x)
         y = y.float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             z = self.h_a(y)
         z = z.float() * gz
         z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             params = self.h_s(z_hat * gz_inv)
         scales, means = params.float().chunk(2, 1)
         y_g, scales_g, means_g = y * gy, scales * gy, means * gy
         _, y_likelihoods = self.gaussian_conditional(y_g, scales_g, means=means_g)
         y_hat_g = y_g + (torch.round(y_g - means_g) + means_g - y_g).detach()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(y_hat_g * gy_inv)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
 
@@ -194,14 +223,21 @@ class VariableRateHyperprior(nn.Module):
         scales, means = h_s(z_hat_g * gz_inv).chunk(2, 1)
         return self.gaussian_conditional.build_indexes(scales * gy), means * gy
 
-    def compress(self, x: Tensor, level: float, integer: bool = True) -> dict[str, Any]:
-        """One image (batch of 1) -> z and y strings, z's shape, and the y symbols' CRC32."""
+    def analyze(self, x: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
+        """The rate-independent part of encoding: y = g_a(x) and the ungained z = h_a(y).
+        Rate control calls it once and then ``compress_latent`` per try."""
+        y = tiled(self.g_a, x, tile or TILE, HALO_ANALYSIS, down=Y_STRIDE, up=1)
+        return y, self.h_a(y)
+
+    def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True
+                        ) -> dict[str, Any]:
+        """(y, ungained z) at one rate level -> z and y strings, z's shape, the y symbols'
+        CRC32, and ``y_hat`` (the decoder's ungained latent, for measuring distortion)."""
         from compressai.ans import RansEncoder
 
-        lv = torch.full((x.size(0),), float(level), device=x.device)
+        lv = torch.full((y.size(0),), float(level), device=y.device)
         _, _, gz, _ = self.gains(lv)
-        y = self.g_a(x)
-        z = self.h_a(y) * gz
+        z = z * gz
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         indexes, means_g = self._y_params(z_hat_g, level, integer)
@@ -213,7 +249,12 @@ class VariableRateHyperprior(nn.Module):
             symbols.reshape(-1).tolist(), indexes.reshape(-1).tolist(), c["cdf"],
             c["cdf_length"], c["offset"])
         return {"strings": [[y_string], z_strings], "shape": tuple(z.shape[-2:]),
-                "symbols_crc": symbols_crc(symbols)}
+                "symbols_crc": symbols_crc(symbols),
+                "y_hat": self._ungain(symbols, means_g, level)}
+
+    def compress(self, x: Tensor, level: float, integer: bool = True) -> dict[str, Any]:
+        """One image (batch of 1) -> see ``compress_latent``."""
+        return self.compress_latent(*self.analyze(x), level, integer)
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
                    integer: bool = True, device: torch.device | None = None
@@ -228,11 +269,46 @@ class VariableRateHyperprior(nn.Module):
         decoded = RansDecoder().decode_with_indexes(
             strings[0][0], indexes.reshape(-1).tolist(), c["cdf"], c["cdf_length"], c["offset"])
         symbols = torch.tensor(decoded, dtype=torch.int32).view_as(indexes)
-        gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
-        y_hat = (symbols.float() + means_g) * torch.tensor(gy_inv, dtype=torch.float32).view(
-            1, -1, 1, 1)
+        y_hat = self._ungain(symbols, means_g, level)
+        return self.synthesize(y_hat, device), symbols_crc(symbols)
+
+    def synthesize(self, y_hat: Tensor, device: torch.device | None = None,
+                   tile: int | None = None) -> Tensor:
+        """g_s in tiles, clamped to [0, 1]."""
         dev = device or next(self.g_s.parameters()).device
-        return self.g_s(y_hat.to(dev)).clamp_(0, 1), symbols_crc(symbols)
+        return tiled(self.g_s, y_hat.to(dev), tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE
+                     ).clamp_(0, 1)
+
+    def _ungain(self, symbols: Tensor, means_g: Tensor, level: float) -> Tensor:
+        gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
+        return (symbols.float() + means_g) * torch.tensor(gy_inv, dtype=torch.float32).view(
+            1, -1, 1, 1)
+
+
+
+def tiled(f: nn.Module, x: Tensor, tile: int, halo: int, down: int, up: int) -> Tensor:
+    """f(x) computed tile by tile on the latent grid, each tile with ``halo`` latents of real
+    context on every side that is not an image border, then cropped and stitched: the same
+    result as f(x) (up to float summation order) in bounded memory, with no seams.
+
+    Tiles are counted in latents: ``down`` input pixels and ``up`` output pixels per latent
+    (16 and 1 for g_a, 1 and 16 for g_s)."""
+    H, W = x.shape[-2] // down, x.shape[-1] // down  # latent grid size
+    if H <= tile and W <= tile:
+        return f(x)
+    out = None
+    for t0 in range(0, H, tile):
+        t1 = min(H, t0 + tile)
+        a0, a1 = max(0, t0 - halo), min(H, t1 + halo)
+        for s0 in range(0, W, tile):
+            s1 = min(W, s0 + tile)
+            b0, b1 = max(0, s0 - halo), min(W, s1 + halo)
+            part = f(x[..., a0 * down:a1 * down, b0 * down:b1 * down])
+            part = part[..., (t0 - a0) * up:(t1 - a0) * up, (s0 - b0) * up:(s1 - b0) * up]
+            if out is None:
+                out = x.new_empty(x.shape[0], part.shape[1], H * up, W * up)
+            out[..., t0 * up:t1 * up, s0 * up:s1 * up] = part
+    return out
 
 
 def symbols_crc(symbols: Tensor) -> int:

@@ -8,6 +8,13 @@ learning-rate decay (the decay is worth about 1 dB).
 
 Rate levels are sampled per crop, uniformly over the continuous level range, so every rate
 between the trained lambdas is trained, not only the grid points.
+
+More than one GPU or machine: ``torchrun --nproc_per_node=N -m vaecodec.train DATA --out CKPT
+--device cuda ...`` runs PyTorch's DistributedDataParallel (nccl on GPUs, gloo on CPUs), one
+process per device. Each process draws its own crops and levels and the gradients are
+averaged, so the effective batch is ``batch_size x N``; rank 0 keeps the clock, the
+checkpoints and the log, and its checkpoints are the single-process format (they resume with
+any number of processes).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+import torch.distributed as dist
 
 from .model import VariableRateHyperprior
 
@@ -46,8 +55,12 @@ class TrainConfig:
     bf16: bool = True
     downscale_p: float = 0.3       # probability of a crop from the 2x-downscaled copy
     checkpoint_minutes: float = 5.0
+    snapshot_minutes: float = 0.0  # >0: also keep the EMA weights every N minutes (learning curve)
+    gain_lr_mult: float = 3.0      # the rate gains move slowly at the transforms' lr
+    end_weight: float = 0.5        # extra probability mass (in levels) on each end level
     seed: int = 0
     threads: int = 0               # 0: all cores
+    device: str = "cpu"            # "cuda": under torchrun, each process takes GPU LOCAL_RANK
     init_from: str | None = None
     init_lambda: float = 0.013     # lambda of a single-rate init, for the starting gains
     log: str | None = None
@@ -98,15 +111,17 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
-def rd_loss(model: VariableRateHyperprior, x: torch.Tensor, level: torch.Tensor,
+def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
             bf16: bool) -> dict[str, torch.Tensor]:
-    """lambda * 255^2 * MSE + bpp, each crop at its own lambda."""
+    """lambda * 255^2 * MSE + bpp, each crop at its own lambda. ``model`` may be the
+    DistributedDataParallel wrapper: the forward must go through it (that is what averages
+    the gradients), the lambdas come from the model inside."""
     out = model(x, level, autocast=bf16)
     n_px = x.size(2) * x.size(3)
     bits = sum(torch.log(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
     bpp = bits / (-math.log(2) * n_px)
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
-    lam = model.lambda_at(level)
+    lam = getattr(model, "module", model).lambda_at(level)
     loss = (lam * 255 ** 2 * mse + bpp).mean()
     psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
     return {"loss": loss, "bpp": bpp.detach().mean(), "mse": mse.detach().mean(),
@@ -140,22 +155,37 @@ def load_init(model: VariableRateHyperprior, path: str, init_lambda: float) -> s
 
         state = load_state(path)
         _load_float_params(model, state)
-        return "variable-rate weights"
+        return "variable-rate weights" + _regrid_if_needed(model, state)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "model" in state and isinstance(state["model"], dict):
         state = state.get("ema") or state["model"]
         _load_float_params(model, state)
-        return "checkpoint"
+        return "checkpoint" + _regrid_if_needed(model, state)
     _load_float_params(model, state)
     model.init_gains(init_lambda)
     return f"single-rate state_dict, gains initialised for lambda {init_lambda}"
 
 
+def _regrid_if_needed(model: VariableRateHyperprior, state: dict) -> str:
+    old = state.get("lambdas")
+    if old is None or (old.shape == model.lambdas.shape
+                       and torch.allclose(old.float(), model.lambdas, rtol=1e-5)):
+        return ""
+    model.regrid(old.float(), {k: state[k].float() for k in
+                               ("y_log_gain", "y_log_gain_inv", "z_log_gain", "z_log_gain_inv")})
+    return (f", gains moved from {len(old)} levels {float(old[0]):.4g}..{float(old[-1]):.4g}"
+            f" to {model.levels} levels {float(model.lambdas[0]):.4g}.."
+            f"{float(model.lambdas[-1]):.4g}")
+
+
 def _load_float_params(model: torch.nn.Module, state: dict) -> None:
-    """Copy every parameter and same-shaped buffer; CDF tables are rebuilt at export."""
+    """Copy every parameter and same-shaped buffer; CDF tables are rebuilt at export. The
+    lambda grid is the model's own (see ``_regrid_if_needed``)."""
     own = model.state_dict()
     missing = []
     for k, v in own.items():
+        if k == "lambdas":
+            continue
         if k in state and state[k].shape == v.shape:
             v.copy_(state[k].to(v.dtype))
         elif k in state and state[k].numel() == 0:
@@ -169,27 +199,96 @@ def _load_float_params(model: torch.nn.Module, state: dict) -> None:
 
 def train(cfg: TrainConfig, resume: str | None = None, progress_bar: bool = True) -> Path:
     """Flush-to-zero makes GDN's tiny values cheap on CPU; it is process-wide state, so it
-    is switched off again afterwards (it breaks IEEE semantics for the caller's code)."""
+    is switched off again afterwards (it breaks IEEE semantics for the caller's code).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this joins the process group for the run and always
+    leaves it, also on error, so a failed run does not leave the caller's process bound to
+    it; ``cfg.batch_size`` is then per process."""
     torch.set_flush_denormal(True)
+    ctx = None
     try:
-        return _train(cfg, resume, progress_bar)
+        ctx = _Dist.start(cfg.device)
+        return _train(cfg, resume, progress_bar, ctx)
     finally:
+        if ctx is not None:
+            ctx.stop()
         torch.set_flush_denormal(False)
 
 
-def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool) -> Path:
+@dataclass
+class _Dist:
+    """Where this process runs and which share of the work is its own; the single-process
+    run is ``rank 0 of 1`` and then never calls a collective."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def start(cls, device: str) -> "_Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"--device {device}: not a device (cpu, cuda, cuda:1...)") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {device}: CUDA is not available")
+            if world > 1 and dev.index is not None:
+                raise ValueError("with several processes, give --device cuda: each takes "
+                                 "the GPU of its LOCAL_RANK")
+            if dev.index is None:
+                dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        if world <= 1:
+            return cls(dev)
+        if dev.type == "cuda":
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+        return cls(dev, dist.get_rank(), dist.get_world_size())
+
+    def stop(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def from_rank0(self, value: float) -> float:
+        """Rank 0's value everywhere: decisions taken from a local clock (stop, learning
+        rate) would differ between processes, and one that left the loop would leave the
+        others waiting in the next all-reduce forever."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.broadcast(t, 0)
+        return float(t)
+
+    def mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            dist.all_reduce(t)
+            t /= self.world
+        return t
+
+
+def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist) -> Path:
     from tqdm import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    lead = ctx.rank == 0
+    say = print if lead else (lambda *a, **k: None)
+    # Every process builds the same model from the same seed; below, each draws its own data.
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
+    dev = ctx.device
 
     model = VariableRateHyperprior()
     ema = VariableRateHyperprior()
-    main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
-    aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
-    opt = torch.optim.Adam(main_params, lr=cfg.lr)
+    named = list(model.named_parameters())
+    gain_params = [p for n, p in named if "log_gain" in n]
+    main_params = [p for n, p in named if not n.endswith(".quantiles") and "log_gain" not in n]
+    aux_params = [p for n, p in named if n.endswith(".quantiles")]
+    opt = torch.optim.Adam([{"params": main_params, "lr_mult": 1.0},
+                            {"params": gain_params, "lr_mult": cfg.gain_lr_mult}], lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     step, elapsed = 0, 0.0
     out = Path(cfg.out)
@@ -197,88 +296,158 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool) -> Path:
         ck = torch.load(resume, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        rng.seed(_data_seed(cfg.seed, ctx.rank) + step)
+        say(f"resumed {resume} at step {step} ({elapsed / 3600:.2f} h)")
+    else:
+        ck = None
+        if cfg.init_from:
+            say("init:", load_init(model, cfg.init_from, cfg.init_lambda))
+        ema.load_state_dict(model.state_dict())
+    model.to(dev)
+    ema.to(dev)
+    if ck is not None:  # after .to(): Adam moves its state to where the parameters are
         opt.load_state_dict(ck["opt"])
         aux_opt.load_state_dict(ck["aux_opt"])
-        step, elapsed = ck["step"], ck["elapsed"]
-        rng.seed(cfg.seed + step)
-        print(f"resumed {resume} at step {step} ({elapsed / 3600:.2f} h)")
-    else:
-        if cfg.init_from:
-            print("init:", load_init(model, cfg.init_from, cfg.init_lambda))
-        ema.load_state_dict(model.state_dict())
+        del ck
     for p in ema.parameters():
         p.requires_grad_(False)
+    net: torch.nn.Module = model
+    if ctx.world > 1:
+        if not resume:
+            rng.seed(_data_seed(cfg.seed, ctx.rank))
+        torch.manual_seed(_data_seed(cfg.seed, ctx.rank) + step)
+        # The quantiles get no gradient from the RD loss (the aux optimizer trains them), so
+        # DDP must be told some parameters go unused.
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None,
+            find_unused_parameters=True)
 
     pool = CropPool(cfg.data, cfg.crop, cfg.downscale_p)
-    print(f"{len(pool)} images in RAM; batch {cfg.batch_size} x {cfg.crop}^2; "
-          f"threads {torch.get_num_threads()}; bf16 {cfg.bf16}")
+    procs = f" x {ctx.world} processes ({cfg.batch_size * ctx.world} per step)" \
+        if ctx.world > 1 else ""
+    say(f"{len(pool)} images in RAM; batch {cfg.batch_size}{procs} x {cfg.crop}^2; "
+        f"threads {torch.get_num_threads()}; bf16 {cfg.bf16}; device {dev}")
 
-    log_f = open(cfg.log, "a", newline="") if cfg.log else None
+    log_f = open(cfg.log, "a", newline="") if cfg.log and lead else None
     log_w = csv.writer(log_f) if log_f else None
-    last_ck = time.time()
+    last_ck = last_snap = time.time()
     t0 = time.time() - elapsed
-    bar = tqdm(disable=not progress_bar, initial=step, total=cfg.steps or None,
+    bar = tqdm(disable=not (progress_bar and lead), initial=step, total=cfg.steps or None,
                dynamic_ncols=True, mininterval=10)
     avg: dict[str, float] = {}
     model.train()
-    while True:
-        elapsed = time.time() - t0
-        prog = _progress(cfg, step, elapsed)
-        if prog >= 1.0 and (cfg.steps or cfg.minutes):
-            break
-        lr = lr_at(cfg, step, prog)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x = pool.batch(cfg.batch_size, rng)
-        level = torch.rand(cfg.batch_size) * (model.levels - 1)
-        res = rd_loss(model, x, level, cfg.bf16)
-        opt.zero_grad(set_to_none=True)
-        res["loss"].backward()
-        if not torch.isfinite(res["loss"]):
-            print(f"step {step}: non-finite loss, batch skipped")
-            continue
-        torch.nn.utils.clip_grad_norm_(main_params, cfg.clip)
-        opt.step()
-        aux_opt.zero_grad(set_to_none=True)
-        aux = model.aux_loss()
-        aux.backward()
-        aux_opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - cfg.ema)
-            for (n, be), bm in zip(ema.named_buffers(), model.buffers()):
-                if be.shape == bm.shape:
-                    be.copy_(bm)
-        step += 1
-        for k in ("loss", "bpp", "psnr"):
-            v = float(res[k].detach())
-            avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",
-                            psnr=f"{avg['psnr']:.2f}", lr=f"{lr:.1e}")
-            if log_w:
-                log_w.writerow([step, f"{elapsed:.0f}", f"{lr:.2e}", f"{avg['loss']:.4f}",
-                                f"{avg['bpp']:.4f}", f"{avg['psnr']:.3f}", f"{float(aux):.2f}"])
-                log_f.flush()
-        if time.time() - last_ck > cfg.checkpoint_minutes * 60:
-            save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
-            last_ck = time.time()
-    bar.close()
-    save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
-    print(f"done: {step} steps, {(time.time() - t0) / 3600:.2f} h -> {out}")
+    try:
+        while True:
+            elapsed = ctx.from_rank0(time.time() - t0)
+            prog = _progress(cfg, step, elapsed)
+            if prog >= 1.0 and (cfg.steps or cfg.minutes):
+                break
+            lr = lr_at(cfg, step, prog)
+            for g in opt.param_groups:
+                g["lr"] = lr * g.get("lr_mult", 1.0)
+            x = pool.batch(cfg.batch_size, rng).to(dev, non_blocking=True)
+            level = sample_levels(cfg.batch_size, model.levels, cfg.end_weight).to(dev)
+            res = rd_loss(net, x, level, cfg.bf16)
+            opt.zero_grad(set_to_none=True)
+            res["loss"].backward()
+            # One all-reduce gives the log the mean over all crops and every process the same
+            # skip decision (a NaN on one rank reaches all of them through the gradients).
+            stats = ctx.mean(torch.stack([res[k].detach() for k in ("loss", "bpp", "psnr")]))
+            if not torch.isfinite(stats[0]):
+                say(f"step {step}: non-finite loss, batch skipped")
+                continue
+            torch.nn.utils.clip_grad_norm_(main_params + gain_params, cfg.clip)
+            opt.step()
+            aux_opt.zero_grad(set_to_none=True)
+            aux = model.aux_loss()
+            aux.backward()
+            for p in aux_params:  # outside DDP's forward, so averaged here
+                ctx.mean(p.grad)
+            aux_opt.step()
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - cfg.ema)
+                for (n, be), bm in zip(ema.named_buffers(), model.buffers()):
+                    if be.shape == bm.shape:
+                        be.copy_(bm)
+            step += 1
+            for k, v in zip(("loss", "bpp", "psnr"), stats.tolist()):
+                avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
+            bar.update(1)
+            if not lead:
+                continue
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",
+                                psnr=f"{avg['psnr']:.2f}", lr=f"{lr:.1e}")
+                if log_w:
+                    log_w.writerow([step, f"{elapsed:.0f}", f"{lr:.2e}", f"{avg['loss']:.4f}",
+                                    f"{avg['bpp']:.4f}", f"{avg['psnr']:.3f}",
+                                    f"{float(aux.detach()):.2f}"])
+                    log_f.flush()
+            if time.time() - last_ck > cfg.checkpoint_minutes * 60:
+                save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
+                last_ck = time.time()
+            if cfg.snapshot_minutes and time.time() - last_snap > cfg.snapshot_minutes * 60:
+                save_snapshot(out, ema, step, time.time() - t0)
+                last_snap = time.time()
+    finally:
+        bar.close()
+        if log_f:
+            log_f.close()
+    if lead:
+        save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
+        print(f"done: {step} steps, {(time.time() - t0) / 3600:.2f} h -> {out}")
+    if ctx.world > 1:
+        # every process returns only once the checkpoint is on disk
+        dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)
     return out
+
+
+def _data_seed(seed: int, rank: int) -> int:
+    """Rank 0 keeps the single-process seeds; the others are far enough apart that no
+    resume (seed + step) of one rank replays another rank's crops."""
+    return seed + rank * 2 ** 32
+
+
+def sample_levels(n: int, levels: int, end_weight: float) -> torch.Tensor:
+    """Uniform over the continuous level range, plus ``end_weight`` levels' worth of mass on
+    each end: uniform sampling alone trains the end levels half as often as the inner ones
+    (they have a neighbour on one side only), and the ends are where the rate range is won."""
+    lo, hi = -end_weight, levels - 1 + end_weight
+    return (torch.rand(n) * (hi - lo) + lo).clamp(0, levels - 1)
+
+
+def save_snapshot(out: Path, ema, step: int, elapsed: float) -> Path:
+    """EMA weights only, named by step, for the learning curve (export_checkpoint reads them)."""
+    path = out.with_name(f"{out.stem}-ema-{step:07d}.pt")
+    tmp = path.with_suffix(".tmp")
+    torch.save({"ema": _cpu(ema.state_dict()), "step": step, "elapsed": elapsed}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def save_checkpoint(out: Path, model, ema, opt, aux_opt, step: int, elapsed: float,
                     cfg: TrainConfig) -> None:
-    """Written to a temp file and renamed, so an interrupted save never corrupts the last one."""
+    """Written to a temp file and renamed, so an interrupted save never corrupts the last one.
+    Tensors are saved from the CPU, so a checkpoint from a GPU run loads anywhere."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                "aux_opt": aux_opt.state_dict(), "step": step, "elapsed": elapsed,
-                "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}, tmp)
+    torch.save(_cpu({"model": model.state_dict(), "ema": ema.state_dict(),
+                     "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step,
+                     "elapsed": elapsed,
+                     "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}), tmp)
     os.replace(tmp, out)
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()  # the tensor itself when it is already there: no copy on CPU runs
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def export_checkpoint(ckpt: str, out: str, model_id: str = "vaecodec-hyperprior-vr",
@@ -288,8 +457,16 @@ def export_checkpoint(ckpt: str, out: str, model_id: str = "vaecodec-hyperprior-
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = VariableRateHyperprior()
-    model.load_state_dict(ck["ema" if use_ema else "model"])
+    model.load_state_dict(ck["ema"] if use_ema or "model" not in ck else ck["model"])
     model.eval()
     extra = {"steps": str(ck.get("step", 0)),
              "train_hours": f"{ck.get('elapsed', 0) / 3600:.2f}"}
     return weights.export(model, out, model_id, extra)
+
+
+if __name__ == "__main__":
+    # `torchrun ... -m vaecodec.train` starts one of these per process; the options are the
+    # `vaecodec train` command's.
+    from .cli import train as _train_command
+
+    _train_command(prog_name="python -m vaecodec.train")
