@@ -1,6 +1,7 @@
 """Weights files: loading never runs code from them, a wrong file fails clearly, and a .vae
 file finds its own weights by the hash it records."""
 
+import json
 import pickle
 import shutil
 
@@ -89,7 +90,7 @@ def small_model_file(path, meta_overrides=None, update=True, drop=None):
         m.update()
     state = {k: v.contiguous() for k, v in m.state_dict().items() if k != drop}
     meta = {"architecture": weights.ARCHITECTURE, "model_id": "tiny", "N": "16", "M": "24",
-            "lambdas": "[0.001, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07]"}
+            "lambdas": json.dumps([round(float(v), 6) for v in m.lambdas])}
     meta.update(meta_overrides or {})
     save_file(state, str(path), metadata=meta)
     return path

@@ -226,6 +226,7 @@ class VariableRateHyperprior(nn.Module):
     def analyze(self, x: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
         """The rate-independent part of encoding: y = g_a(x) and the ungained z = h_a(y).
         Rate control calls it once and then ``compress_latent`` per try."""
+        x = x.contiguous(memory_format=torch.channels_last)  # see fastpath.py
         y = tiled(self.g_a, x, tile or TILE, HALO_ANALYSIS, down=Y_STRIDE, up=1)
         return y, self.h_a(y)
 
@@ -276,7 +277,8 @@ class VariableRateHyperprior(nn.Module):
                    tile: int | None = None) -> Tensor:
         """g_s in tiles, clamped to [0, 1]."""
         dev = device or next(self.g_s.parameters()).device
-        return tiled(self.g_s, y_hat.to(dev), tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE
+        y_hat = y_hat.to(dev).contiguous(memory_format=torch.channels_last)
+        return tiled(self.g_s, y_hat, tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE
                      ).clamp_(0, 1)
 
     def _ungain(self, symbols: Tensor, means_g: Tensor, level: float) -> Tensor:

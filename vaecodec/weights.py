@@ -138,7 +138,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, mtime_ns: int) -> LoadedModel:
+def _load_cached(path: str, mtime_ns: int, fast: bool = True) -> LoadedModel:
+    from . import fastpath
     from .model import VariableRateHyperprior
 
     meta = read_metadata(path)
@@ -161,17 +162,20 @@ def _load_cached(path: str, mtime_ns: int) -> LoadedModel:
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    if fast:
+        fastpath.prepare(model)
     return LoadedModel(model, meta.get("model_id", Path(path).stem), file_hash(path), Path(path))
 
 
-def load(path: str | os.PathLike | None = None) -> LoadedModel:
-    """The model for ``path`` (default: the shipped weights), loaded once per process."""
+def load(path: str | os.PathLike | None = None, fast: bool = True) -> LoadedModel:
+    """The model for ``path`` (default: the shipped weights), loaded once per process.
+    ``fast=False`` keeps the transforms as trained (see fastpath.py), for speed comparisons."""
     p = Path(path) if path else default_weights_path()
     try:
         st = p.stat()
     except OSError:
         raise WeightsError(f"weights file not found: {p}") from None
-    return _load_cached(str(p.resolve()), st.st_mtime_ns)
+    return _load_cached(str(p.resolve()), st.st_mtime_ns, fast)
 
 
 def _architecture(path: str, meta: dict[str, str]) -> tuple[int, int, tuple[float, ...]]:

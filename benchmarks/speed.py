@@ -1,0 +1,188 @@
+"""Speed: vaecodec against CompressAI's own MeanScaleHyperprior, same network, same bits.
+
+    python benchmarks/speed.py ../shared/data/kodak --out benchmarks/speed [--quality 50]
+        [--threads 2] [--repeat 3]
+
+For a fair race the CompressAI model is *our* network: its g_a, h_a, h_s, g_s and entropy
+bottleneck get the shipped weights, with the chosen rate level's gains folded into the
+layers next to them (y gain into g_a's last conv and h_s's outputs, inverse y gain into
+g_s's first deconv, z gains into h_a's last conv and h_s's first deconv). It then computes
+exactly our float pipeline at that rate, so both sides produce the same bits, up to the last
+float digit: the table shows both bpp and PSNR so this can be checked.
+
+Timed per image, interleaved, in one process, with the same thread count, best of
+``--repeat`` runs after a warm-up:
+
+- ``vaecodec``: ``vaecodec.encode(image, q)`` -> complete .vae bytes, and
+  ``vaecodec.decode(bytes)`` -> image (container, checksums and Pillow included);
+- ``vaecodec-as-trained``: the same codec with the inference rewrites of fastpath.py off
+  (``weights.load(fast=False)``), pixels in and out (``codec.encode_pixels``/``decode_pixels``);
+- ``compressai``: ``MeanScaleHyperprior.compress(x)`` / ``.decompress(strings, shape)`` under
+  ``torch.no_grad()``, as compressai.utils.eval_model runs them (padded tensor in, tensor out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+
+import vaecodec  # noqa: E402
+from vaecodec import codec, weights  # noqa: E402
+from vaecodec.image import psnr  # noqa: E402
+from vaecodec.intnet import gains_fixed  # noqa: E402
+
+
+def compressai_twin(path: str | None, level: float):
+    """CompressAI MeanScaleHyperprior carrying our weights at one rate level (gains folded)."""
+    from compressai.models import MeanScaleHyperprior
+
+    loaded = weights.load(path, fast=False)
+    m = loaded.model
+    net = MeanScaleHyperprior(N=m.N, M=m.M)
+    own = {k: v for k, v in m.state_dict().items()
+           if k.split(".")[0] in ("g_a", "g_s", "h_a", "h_s", "entropy_bottleneck")}
+    net.load_state_dict(own, strict=False)
+    gy = torch.tensor(gains_fixed(m.y_log_gain, level)[0], dtype=torch.float32)
+    gy_inv = torch.tensor(gains_fixed(m.y_log_gain_inv, level)[0], dtype=torch.float32)
+    gz = torch.tensor(gains_fixed(m.z_log_gain, level)[0], dtype=torch.float32)
+    gz_inv = torch.tensor(gains_fixed(m.z_log_gain_inv, level)[0], dtype=torch.float32)
+    with torch.no_grad():
+        last = net.g_a[-1]                       # y * gy
+        last.weight.mul_(gy.view(-1, 1, 1, 1))
+        last.bias.mul_(gy)
+        first = net.g_s[0]                       # g_s(y_hat * gy_inv); deconv weight (in, out)
+        first.weight.mul_(gy_inv.view(-1, 1, 1, 1))
+        z_last = net.h_a[-1]                     # z * gz
+        z_last.weight.mul_(gz.view(-1, 1, 1, 1))
+        z_last.bias.mul_(gz)
+        h_first = net.h_s[0]                     # h_s(z_hat * gz_inv)
+        h_first.weight.mul_(gz_inv.view(-1, 1, 1, 1))
+        out = net.h_s[-1]                        # (scales, means) * gy
+        g2 = torch.cat([gy, gy])
+        out.weight.mul_(g2.view(-1, 1, 1, 1))
+        out.bias.mul_(g2)
+    net.update(force=True)
+    net.eval()
+    return net
+
+
+def best(f, repeat: int) -> tuple[float, object]:
+    out = f()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = f()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kodak")
+    ap.add_argument("--out", default="benchmarks/speed")
+    ap.add_argument("--quality", type=float, default=50.0)
+    ap.add_argument("--threads", type=int, default=0, help="0: torch's default")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--images", type=int, default=0, help="first N images only")
+    ap.add_argument("--model", default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    files = sorted(Path(a.kodak).glob("*.png"))[: a.images or None]
+    fast = weights.load(a.model)
+    slow = weights.load(a.model, fast=False)
+    level = codec.quality_to_level(a.quality, fast.model.levels)
+    net = compressai_twin(a.model, level)
+
+    rows = []
+    for f in files:
+        im = Image.open(f).convert("RGB")
+        rgb = np.asarray(im)
+        h, w = rgb.shape[:2]
+        r = {"image": f.name}
+        t, data = best(lambda: vaecodec.encode(im, a.quality, model=a.model), a.repeat)
+        r["vaecodec_enc_s"], r["vaecodec_bpp"] = t, 8 * len(data) / (w * h)
+        t, dec = best(lambda: vaecodec.decode(data, model=a.model), a.repeat)
+        r["vaecodec_dec_s"], r["vaecodec_psnr"] = t, psnr(rgb, np.asarray(dec))
+
+        t, coded = best(lambda: codec.encode_pixels(rgb, a.quality, slow), a.repeat)
+        r["as_trained_enc_s"] = t
+        t, out = best(lambda: codec.decode_pixels(coded, slow), a.repeat)
+        r["as_trained_dec_s"], r["as_trained_psnr"] = t, psnr(rgb, out)
+
+        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+        ph, pw = -(-h // 64) * 64, -(-w // 64) * 64
+        xp = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
+        with torch.no_grad():
+            t, enc = best(lambda: net.compress(xp), a.repeat)
+            r["compressai_enc_s"] = t
+            nbytes = sum(len(s[0]) for s in enc["strings"])
+            r["compressai_bpp"] = 8 * nbytes / (w * h)
+            t, dec = best(lambda: net.decompress(enc["strings"], enc["shape"]), a.repeat)
+            r["compressai_dec_s"] = t
+            xh = dec["x_hat"].clamp(0, 1)[0, :, :h, :w].mul(255).round().byte()
+            r["compressai_psnr"] = psnr(rgb, xh.permute(1, 2, 0).numpy())
+        r["enc_ratio"] = r["vaecodec_enc_s"] / r["compressai_enc_s"]
+        r["dec_ratio"] = r["vaecodec_dec_s"] / r["compressai_dec_s"]
+        rows.append(r)
+        print(f"{f.name}: enc {r['vaecodec_enc_s'] * 1e3:.0f} ms vs {r['compressai_enc_s'] * 1e3:.0f}"
+              f" ({r['enc_ratio']:.2f}x), dec {r['vaecodec_dec_s'] * 1e3:.0f} ms vs "
+              f"{r['compressai_dec_s'] * 1e3:.0f} ({r['dec_ratio']:.2f}x); bpp "
+              f"{r['vaecodec_bpp']:.4f}/{r['compressai_bpp']:.4f}, PSNR "
+              f"{r['vaecodec_psnr']:.2f}/{r['compressai_psnr']:.2f}", flush=True)
+
+    def tot(k: str) -> float:
+        return sum(r[k] for r in rows)
+
+    summary = {
+        "images": len(rows), "quality": a.quality, "threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {_cpu_name()}",
+        "torch": torch.__version__,
+        "total_s": {k: round(tot(k), 3) for k in (
+            "vaecodec_enc_s", "vaecodec_dec_s", "as_trained_enc_s", "as_trained_dec_s",
+            "compressai_enc_s", "compressai_dec_s")},
+        "enc_ratio_total": round(tot("vaecodec_enc_s") / tot("compressai_enc_s"), 3),
+        "dec_ratio_total": round(tot("vaecodec_dec_s") / tot("compressai_dec_s"), 3),
+        "enc_ratio_median": round(statistics.median(r["enc_ratio"] for r in rows), 3),
+        "dec_ratio_median": round(statistics.median(r["dec_ratio"] for r in rows), 3),
+        "mean_bpp": {k: round(tot(k) / len(rows), 4) for k in ("vaecodec_bpp", "compressai_bpp")},
+        "mean_psnr": {k: round(tot(k) / len(rows), 3) for k in (
+            "vaecodec_psnr", "as_trained_psnr", "compressai_psnr")},
+    }
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: f"{v:.5f}" if isinstance(v, float) else v for k, v in r.items()})
+    (out / "results.json").write_text(json.dumps({"summary": summary, "images": rows},
+                                                 indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" x{torch.get_num_threads()} threads"
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
