@@ -1,6 +1,7 @@
 """Metadata: the ICC profile is kept by default, EXIF and XMP only on request, all of them as
 side chunks that a decoder checks and bounds; unknown chunks are ignored."""
 
+import functools
 import io
 import zlib
 
@@ -23,7 +24,10 @@ XMP = (b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="a
        b'<?xpacket end="w"?>')
 
 
+@functools.lru_cache(maxsize=None)
 def srgb_profile() -> bytes:
+    """One profile per test run: LittleCMS stamps the creation time into the header
+    (bytes 24..35), so two calls a second apart differ."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 

@@ -394,13 +394,17 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 @click.option("--threads", type=int, default=0, help="Torch threads (0: all cores).")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda (under torchrun each process takes the GPU of its LOCAL_RANK).")
+@click.option("--snapshot-minutes", type=float, default=0.0,
+              help="Also keep the EMA weights every N minutes (CKPT-ema-STEP.pt), for "
+                   "learning-curve points (benchmarks/learning_curve.py).")
 @click.option("--log", "--log-csv", "log",
               help="Append a CSV learning curve here (under torchrun spell it --log-csv: "
               "torchrun takes --log for a prefix of its own --log-dir).")
 @friendly_errors
 def train(data_dir: str, out: str, resume: str | None, init_from: str | None, steps: int,
           minutes: float, batch_size: int, crop: int, lr: float, decay_frac: float,
-          bf16: bool, threads: int, device: str, log: str | None) -> None:
+          bf16: bool, threads: int, device: str, snapshot_minutes: float,
+          log: str | None) -> None:
     """Train (or continue training) the model on random crops of the images in DATA_DIR.
 
     \b
@@ -414,7 +418,7 @@ def train(data_dir: str, out: str, resume: str | None, init_from: str | None, st
     cfg = TrainConfig(data=data_dir, out=out, steps=steps, minutes=minutes,
                       batch_size=batch_size, crop=crop, lr=lr, decay_frac=decay_frac,
                       bf16=bf16, threads=threads, device=device, init_from=init_from,
-                      log=log)
+                      snapshot_minutes=snapshot_minutes, log=log)
     try:
         run(cfg, resume=resume)
     except ValueError as e:
