@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,11 @@ TILE = 64
 #: (5x5 stride-2 convolutions: 2 + 4 + 8 + 16), so a 2-latent halo makes every kept latent
 #: exactly the whole-image one. g_s reaches under 2 latents; 3 leaves margin.
 HALO_ANALYSIS, HALO_SYNTHESIS = 2, 3
+#: The integer hyper-synthesis runs in tiles of Z_TILE x Z_TILE hyper-latents (1024 x 1024
+#: pixels) too: in float64 its 3x3 convolution's unfold buffer alone would take ~2 GB at
+#: 24 MP. Its arithmetic is exact integers, so tiles give bit-identical results; it reaches
+#: about one hyper-latent (two 5x5 stride-2 deconvolutions, one 3x3 convolution).
+Z_TILE, HALO_HYPER = 16, 2
 
 #: The lambdas (in lambda * 255^2 * MSE + bpp) of the trained rate levels: a geometric grid.
 #: It reaches below CompressAI's lowest (0.0018) and above its highest (0.0932) lambda because
@@ -212,7 +217,9 @@ class VariableRateHyperprior(nn.Module):
             gz_inv, _ = gains_fixed(self.z_log_gain_inv, level)
             x = z_hat_g.double() * torch.tensor(gz_inv, dtype=torch.float64).view(1, -1, 1, 1)
             c = self._cache()
-            scales_int, means_int = c["int_h_s"](IntegerHyperSynthesis.to_grid(x)).chunk(2, 1)
+            params = tiled(c["int_h_s"], IntegerHyperSynthesis.to_grid(x), Z_TILE, HALO_HYPER,
+                           down=1, up=4)
+            scales_int, means_int = params.chunk(2, 1)
             indexes = scale_indexes(scales_int, gy_int, c["thresholds"])
             gyt = torch.tensor(gy, dtype=torch.float64).view(1, -1, 1, 1)
             means_g = (means_int * 2.0 ** -FRAC_BITS * gyt).float()
@@ -288,7 +295,8 @@ class VariableRateHyperprior(nn.Module):
 
 
 
-def tiled(f: nn.Module, x: Tensor, tile: int, halo: int, down: int, up: int) -> Tensor:
+def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, halo: int, down: int, up: int
+          ) -> Tensor:
     """f(x) computed tile by tile on the latent grid, each tile with ``halo`` latents of real
     context on every side that is not an image border, then cropped and stitched: the same
     result as f(x) (up to float summation order) in bounded memory, with no seams.
