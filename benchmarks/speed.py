@@ -5,7 +5,8 @@
 
 For a fair race the CompressAI model is *our* network: its g_a, h_a, h_s, g_s and entropy
 bottleneck get the shipped weights, with the chosen rate level's gains folded into the
-layers next to them (y gain into g_a's last conv and h_s's outputs, inverse y gain into
+layers next to them (y gain into g_a's last conv and h_s's outputs, its reciprocal into
+h_a's first conv, which reads the ungained y, inverse y gain into
 g_s's first deconv, z gains into h_a's last conv and h_s's first deconv). It then computes
 exactly our float pipeline at that rate, so both sides produce the same bits, up to the last
 float digit: the table shows both bpp and PSNR so this can be checked.
@@ -63,6 +64,8 @@ def compressai_twin(path: str | None, level: float):
         last = net.g_a[-1]                       # y * gy
         last.weight.mul_(gy.view(-1, 1, 1, 1))
         last.bias.mul_(gy)
+        h_in = net.h_a[0]                        # ... but h_a reads the ungained y
+        h_in.weight.mul_((1 / gy).view(1, -1, 1, 1))
         first = net.g_s[0]                       # g_s(y_hat * gy_inv); deconv weight (in, out)
         first.weight.mul_(gy_inv.view(-1, 1, 1, 1))
         z_last = net.h_a[-1]                     # z * gz
