@@ -68,17 +68,22 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def size_row(im: Image.Image, name: str, bpp: float, plain_s: float) -> dict:
-    w, h = im.size
-    target = int(bpp * w * h / 8)
+def timed_encode(im: Image.Image, **target):
+    """One rate-controlled encode -> (bytes or None, error message or None, seconds, the
+    Search it ran)."""
     _searches.clear()
     t = time.perf_counter()
     try:
-        data, err = vaecodec.encode(im, size=target), None
+        data, err = vaecodec.encode(im, **target), None
     except vaecodec.VaecodecError as e:
         data, err = None, str(e)
-    sec = time.perf_counter() - t
-    s = _last_search()
+    return data, err, time.perf_counter() - t, _last_search()
+
+
+def size_row(im: Image.Image, name: str, bpp: float, plain_s: float) -> dict:
+    w, h = im.size
+    target = int(bpp * w * h / 8)
+    data, err, sec, s = timed_encode(im, size=target)
     tries = [[float(q), len(r)] for q, _, r in s.tries] if s else []
     row = {"image": name, "width": w, "height": h, "kind": "size", "target": bpp,
            "target_bytes": target, "bytes": None, "bpp": None, "ratio": None, "quality": None,
@@ -105,14 +110,7 @@ def size_row(im: Image.Image, name: str, bpp: float, plain_s: float) -> dict:
 
 def psnr_row(im: Image.Image, rgb: np.ndarray, name: str, target: float, plain_s: float) -> dict:
     w, h = im.size
-    _searches.clear()
-    t = time.perf_counter()
-    try:
-        data, err = vaecodec.encode(im, psnr=target), None
-    except vaecodec.VaecodecError as e:
-        data, err = None, str(e)
-    sec = time.perf_counter() - t
-    s = _last_search()
+    data, err, sec, s = timed_encode(im, psnr=target)
     tries = [[float(q), float(v), len(r[0])] for q, v, r in s.tries] if s else []
     row = {"image": name, "width": w, "height": h, "kind": "psnr", "target": target,
            "target_bytes": None, "bytes": None, "bpp": None, "ratio": None, "quality": None,

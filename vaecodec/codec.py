@@ -78,8 +78,7 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
     (``reconstruct`` turns it into the pixels the decoder will produce)."""
     import torch
 
-    if not (0.0 <= float(quality) <= 100.0):
-        raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
+    _check_quality(quality)
     quality = as_float32(quality)
     h, w = a.rgb.shape[:2]
     with torch.inference_mode():
@@ -104,9 +103,13 @@ def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:
 
 def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
                   device: str | None = None, integer: bool = True) -> Coded:
+    _check_quality(quality)  # before the analysis transform, the expensive part
+    return code_at(analyze_pixels(rgb, loaded, mode, device), quality, loaded, integer)[0]
+
+
+def _check_quality(quality: float) -> None:
     if not (0.0 <= float(quality) <= 100.0):
         raise VaecodecError(f"quality must be between 0 and 100, got {quality}")
-    return code_at(analyze_pixels(rgb, loaded, mode, device), quality, loaded, integer)[0]
 
 
 def _to_uint8(x, h: int, w: int) -> np.ndarray:

@@ -98,7 +98,3 @@ def prepare(model: nn.Module) -> nn.Module:
     if isinstance(last, nn.ConvTranspose2d) and last.out_channels <= 16:
         model.g_s[-1] = SubpixelDeconv(last)
     return model
-
-
-def channels_last(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=CL)
