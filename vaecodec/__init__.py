@@ -33,7 +33,7 @@ ALPHA_TAG = b"ALPH"
 def encode(image: "Image.Image", quality: float | None = None, *,
            size: int | None = None, bpp: float | None = None, psnr: float | None = None,
            model: str | os.PathLike | None = None, device: str | None = None,
-           keep_metadata: bool = False) -> bytes:
+           keep_metadata: bool = False, fast: bool = False) -> bytes:
     """Compress a Pillow image to the bytes of a ``.vae`` file.
 
     ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest), default 75.
@@ -42,7 +42,9 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     quality 0 is larger), ``bpp`` (the same, as bits per pixel) or ``psnr`` (dB over the
     colour planes, the closest the model reaches). ``model`` is a weights file (default:
     the shipped one); ``device`` "cpu" (default), "cuda" or "auto". The ICC profile is
-    always kept; EXIF and XMP only with ``keep_metadata=True``.
+    always kept; EXIF and XMP only with ``keep_metadata=True``. ``fast=True`` runs the
+    analysis transform in bfloat16: about 1.5x faster encoding on CPUs with bfloat16 dot
+    products, about 0.1% more bits at the same quality, and a file any decoder reads.
     """
     from . import bitstream, codec, image as image_io, ratecontrol, weights
 
@@ -61,8 +63,10 @@ def encode(image: "Image.Image", quality: float | None = None, *,
 
     if not targets:
         q = DEFAULT_QUALITY if quality is None else quality
-        return pack(codec.encode_pixels(planes.rgb, q, loaded, mode=planes.mode, device=device))
-    analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device)
+        return pack(codec.encode_pixels(planes.rgb, q, loaded, mode=planes.mode, device=device,
+                                        fast=fast))
+    analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device,
+                                    fast=fast)
     if psnr is not None:
         def try_psnr(q: float) -> tuple[bytes, float]:
             coded, y_hat = codec.code_at(analysis, q, loaded)
@@ -77,12 +81,14 @@ def encode(image: "Image.Image", quality: float | None = None, *,
 
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,
-           device: str | None = None) -> "Image.Image":
+           device: str | None = None, fast: bool = False) -> "Image.Image":
     """Decompress the bytes of a ``.vae`` file into an image of its original size and mode.
 
     Without ``model`` the weights are found by the hash the file records, among the
     installed ones; metadata stored in the file is in ``image.info`` ("icc_profile",
-    "exif", "xmp"). Side chunks this version does not know are ignored.
+    "exif", "xmp"). Side chunks this version does not know are ignored. ``fast=True`` runs
+    the synthesis transform in bfloat16 (like djpeg's ``-dct fast``): faster, pixels within
+    about a level of the exact decode (-0.005 dB at quality 50, -0.04 dB at 90 on Kodak).
     """
     from . import bitstream, codec, image as image_io
 
@@ -95,7 +101,8 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
         alpha = image_io.unpack_alpha(c.side[ALPHA_TAG], h.width, h.height)
     info = image_io.metadata_info(c.side, h.mode)
     loaded = _weights_for(h, model)
-    rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device)
+    rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device,
+                              fast=fast)
     im = image_io.merge(rgb, alpha, h.mode)
     im.info.update(info)
     return im

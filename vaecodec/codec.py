@@ -52,8 +52,9 @@ class Analysis:
 
 
 def analyze_pixels(rgb: np.ndarray, loaded: LoadedModel, mode: str = "RGB",
-                   device: str | None = None) -> Analysis:
-    """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge)."""
+                   device: str | None = None, fast: bool = False) -> Analysis:
+    """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge).
+    ``fast``: the transforms in bfloat16 (see ``bf16``)."""
     import torch
 
     h, w = rgb.shape[:2]
@@ -67,8 +68,10 @@ def analyze_pixels(rgb: np.ndarray, loaded: LoadedModel, mode: str = "RGB",
         x = x.float().div_(255)
         if (ph, pw) != (h, w):
             x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
-        y, z = model.analyze(x)
+        with bf16(dev, fast):
+            y, z = model.analyze(x)
         del x
+        y, z = y.float(), z.float()
     return Analysis(rgb, mode, y, z)
 
 
@@ -102,9 +105,29 @@ def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:
 
 
 def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
-                  device: str | None = None, integer: bool = True) -> Coded:
+                  device: str | None = None, integer: bool = True, fast: bool = False) -> Coded:
     _check_quality(quality)  # before the analysis transform, the expensive part
-    return code_at(analyze_pixels(rgb, loaded, mode, device), quality, loaded, integer)[0]
+    return code_at(analyze_pixels(rgb, loaded, mode, device, fast), quality, loaded, integer)[0]
+
+
+def bf16(dev, on: bool):
+    """bfloat16 autocast around a transform, or nothing.
+
+    The transforms are ~90% of coding time and already run near the float32 FMA peak;
+    bfloat16 dot products (AVX512-BF16, AMX, tensor cores) are ~2x that. The model was trained
+    with exactly this autocast, so the cost is small (Kodak, shipped weights: analysis +0.1%
+    bpp at equal PSNR; synthesis -0.005 dB at q50, -0.04 dB at q90). It is opt-in because it
+    changes what is computed: the analysis gives other symbols than float32 would (still a
+    valid file, decoded like any other), and the synthesis other pixels, the way djpeg's
+    ``-dct fast`` does. The entropy coder's inputs never see it: they come from the integer
+    hyper-synthesis, so files decode identically whatever either side chose."""
+    import contextlib
+
+    import torch
+
+    if not on:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
 def _check_quality(quality: float) -> None:
@@ -120,9 +143,10 @@ def _to_uint8(x, h: int, w: int) -> np.ndarray:
 
 
 def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
-                  integer: bool = True) -> np.ndarray:
+                  integer: bool = True, fast: bool = False) -> np.ndarray:
     """Returns HxWx3 uint8 of exactly the header's size, or raises if the decoded symbols'
-    CRC differs from the encoder's (a desynchronised range decoder, never a wrong image)."""
+    CRC differs from the encoder's (a desynchronised range decoder, never a wrong image).
+    ``fast``: the synthesis in bfloat16 (see ``bf16``)."""
     import torch
 
     h = coded.header
@@ -138,7 +162,8 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
             y, z = _bounded_for_range_decoder(coded, model)
             x, crc = model.decompress([[y], [z]], h.z_shape,
                                       quality_to_level(h.quality, model.levels),
-                                      integer=integer, device=dev)
+                                      integer=integer, device=dev,
+                                      synthesis=bf16(dev, fast))
         except (RuntimeError, ValueError) as e:
             raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
         if crc != h.symbols_crc:

@@ -265,10 +265,14 @@ class VariableRateHyperprior(nn.Module):
         return self.compress_latent(*self.analyze(x), level, integer)
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
-                   integer: bool = True, device: torch.device | None = None
-                   ) -> tuple[Tensor, int]:
+                   integer: bool = True, device: torch.device | None = None,
+                   synthesis: Any = None) -> tuple[Tensor, int]:
         """Strings -> (x_hat in [0, 1], CRC32 of the decoded y symbols): the caller compares
-        the CRC with the one the encoder stored before trusting x_hat."""
+        the CRC with the one the encoder stored before trusting x_hat. ``synthesis``: a
+        context (e.g. an autocast) for g_s alone, never for the entropy coder's inputs."""
+        import contextlib
+
+        import numpy as np
         from compressai.ans import RansDecoder
 
         z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
@@ -276,9 +280,12 @@ class VariableRateHyperprior(nn.Module):
         c = self._cache()
         decoded = RansDecoder().decode_with_indexes(
             strings[0][0], indexes.reshape(-1).tolist(), c["cdf"], c["cdf_length"], c["offset"])
-        symbols = torch.tensor(decoded, dtype=torch.int32).view_as(indexes)
+        # numpy reads a list of ints ~2.5x faster than torch.tensor does
+        symbols = torch.from_numpy(np.asarray(decoded, dtype=np.int32)).view_as(indexes)
         y_hat = self._ungain(symbols, means_g, level)
-        return self.synthesize(y_hat, device), symbols_crc(symbols)
+        with synthesis or contextlib.nullcontext():
+            x_hat = self.synthesize(y_hat, device)
+        return x_hat.float(), symbols_crc(symbols)
 
     def synthesize(self, y_hat: Tensor, device: torch.device | None = None,
                    tile: int | None = None) -> Tensor:

@@ -1,0 +1,45 @@
+"""--fast (bfloat16 transforms): any decoder reads the file, and the image stays close."""
+
+import numpy as np
+
+import vaecodec
+from conftest import psnr, run_cli
+
+
+def test_fast_encode_decodes_exactly_and_costs_little(kodim):
+    im = kodim(15)
+    exact = vaecodec.encode(im, 50)
+    fast = vaecodec.encode(im, 50, fast=True)
+    assert vaecodec.read_header(fast).quality == vaecodec.read_header(exact).quality
+    p_exact, p_fast = psnr(im, vaecodec.decode(exact)), psnr(im, vaecodec.decode(fast))
+    # the file is an ordinary file: rate and quality within a fraction of a percent / 0.05 dB
+    assert abs(len(fast) - len(exact)) <= 0.01 * len(exact)
+    assert abs(p_fast - p_exact) <= 0.05
+
+
+def test_fast_decode_is_within_about_a_level(kodim):
+    im = kodim(15)
+    data = vaecodec.encode(im, 90)
+    exact = np.asarray(vaecodec.decode(data), dtype=np.int16)
+    fast = np.asarray(vaecodec.decode(data, fast=True), dtype=np.int16)
+    diff = np.abs(exact - fast)
+    assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 4
+    assert abs(psnr(im, vaecodec.decode(data, fast=True)) - psnr(im, vaecodec.decode(data))) < 0.1
+
+
+def test_cli_fast_flags(tmp_path):
+    from conftest import natural_image
+
+    src = tmp_path / "a.png"
+    natural_image(200, 136).save(src)
+    r = run_cli("encode", src, "-o", tmp_path / "a.vae", "--fast", "-q", "40")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("decode", tmp_path / "a.vae", "-o", tmp_path / "b.png", "--fast")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("decode", tmp_path / "a.vae", "-o", tmp_path / "c.png")
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "b.png") as b, Image.open(tmp_path / "c.png") as c:
+        assert b.size == c.size == (200, 136)
+        assert psnr(b, c) > 40
