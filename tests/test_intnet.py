@@ -33,6 +33,15 @@ def test_every_layer_takes_the_gemm_path(layers):
     assert all(layer.gemm.usable for layer in layers)
 
 
+def test_speed_choice_never_overrides_exactness(monkeypatch):
+    intnet._int8_gemm_pays.cache_clear()
+    monkeypatch.setattr(intnet, "_exact_int8_gemm", lambda: False)
+    try:
+        assert not intnet._int8_gemm_pays()
+    finally:
+        intnet._int8_gemm_pays.cache_clear()
+
+
 @pytest.mark.parametrize("scale", [3, 4096, 3e5, 1e9])
 @pytest.mark.parametrize("shape", [(1, 8, 12), (3, 5), (1, 1), (13, 18)])
 def test_gemm_equals_float64_convolution_bit_for_bit(layers, scale, shape):
@@ -50,14 +59,16 @@ def test_float64_fallback_gives_the_same_file(kodim, monkeypatch):
     im = kodim(7)
     data = vaecodec.encode(im, 60)
     pixels = np.asarray(vaecodec.decode(data))
-    intnet._exact_int8_gemm.cache_clear()
+    for f in (intnet._exact_int8_gemm, intnet._int8_gemm_pays):
+        f.cache_clear()
     monkeypatch.delattr(torch, "_int_mm")
     try:
-        assert not intnet._exact_int8_gemm()
+        assert not intnet._int8_gemm_pays()
         assert vaecodec.encode(im, 60) == data
         assert np.array_equal(np.asarray(vaecodec.decode(data)), pixels)
     finally:
-        intnet._exact_int8_gemm.cache_clear()
+        for f in (intnet._exact_int8_gemm, intnet._int8_gemm_pays):
+            f.cache_clear()
 
 
 def test_saturating_int8_gemm_is_detected(monkeypatch):
