@@ -18,7 +18,7 @@ The last step, scale -> CDF index, is an int64 comparison with integer threshold
 
 Speed: float64 convolutions run at half the float32 rate and were a fifth of the coding time.
 The same integer sums come faster from int8 matrix products with int32 accumulation (VNNI,
-~10x float64 here): weights and activations are split into balanced base-128 digits ("limbs",
+10-20x float64 here): weights and activations are split into balanced base-128 digits ("limbs",
 each in [-64, 63]), every limb pair is one exact int8 GEMM (|sum| <= 2592 * 64 * 64 < 2^24,
 and with both operands within +-64 even kernels that add 128 to one side and pair products in
 saturating int16, as AVX2 int8 kernels do, cannot overflow), and the limb products are
@@ -135,11 +135,11 @@ class _LimbGemm3x3:
         xp = F.pad(xl.reshape(L * n, h, w, c), (0, 0, 1, 1, 1, 1))
         cols = torch.stack([xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)],
                            dim=3).reshape(L * n * h * w, 9 * c)
-        p = torch._int_mm(cols, self.w).view(L, n * h * w, 2, self.cout).long()
+        p = torch._int_mm(cols, self.w).view(L, n * h * w, 2, self.cout)
         acc = self.b.expand(n * h * w, self.cout).clone()
         for i in range(L):
             for j in range(2):
-                acc += p[i, :, j] << (LIMB_BITS * (i + j))
+                acc += p[i, :, j].long() << (LIMB_BITS * (i + j))
         acc = acc.view(n, h, w, self.cout).permute(0, 3, 1, 2).double()
         return F.pixel_shuffle(acc, 2) if self.shuffle else acc
 
