@@ -149,7 +149,7 @@ def main() -> None:
 @click.option("--keep-metadata", is_flag=True,
               help="Also keep EXIF and XMP (the ICC colour profile is always kept).")
 @click.option("--fast", is_flag=True,
-              help="Analysis transform in bfloat16: ~1.5x faster, ~0.1% more bits.")
+              help="Analysis transform in bfloat16: ~1.7x faster, ~0.1% more bits.")
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
@@ -305,7 +305,7 @@ def _psnr(a, b) -> float:
               help="Weights file (default: the installed weights the file names by hash).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--fast", is_flag=True,
-              help="Synthesis transform in bfloat16 (like djpeg -dct fast): ~2x faster, "
+              help="Synthesis transform in bfloat16 (like djpeg -dct fast): ~1.7x faster, "
                    "pixels within about a level of the exact decode.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors

@@ -115,8 +115,9 @@ def bf16(dev, on: bool):
 
     The transforms are ~90% of coding time and already run near the float32 FMA peak;
     bfloat16 dot products (AVX512-BF16, AMX, tensor cores) are ~2x that. The model was trained
-    with exactly this autocast, so the cost is small (Kodak, shipped weights: analysis +0.1%
-    bpp at equal PSNR; synthesis -0.005 dB at q50, -0.04 dB at q90). It is opt-in because it
+    with exactly this autocast, so the cost is small (9 Kodak images, weights 9e0035e6:
+    analysis +0.1% bpp at equal PSNR; synthesis -0.005 dB at q50, -0.04 dB at q90; 24 images at
+    q50 with d9f97999: +0.07% bpp, -0.011 dB both together). It is opt-in because it
     changes what is computed: the analysis gives other symbols than float32 would (still a
     valid file, decoded like any other), and the synthesis other pixels, the way djpeg's
     ``-dct fast`` does. The entropy coder's inputs never see it: they come from the integer
