@@ -155,8 +155,8 @@ def main() -> None:
               f" ({r['enc_ratio']:.2f}x), dec {r['vaecodec_dec_s'] * 1e3:.0f} ms vs "
               f"{r['compressai_dec_s'] * 1e3:.0f} ({r['dec_ratio']:.2f}x); bpp "
               f"{r['vaecodec_bpp']:.4f}/{r['compressai_bpp']:.4f}, PSNR "
-              f"{r['vaecodec_psnr']:.2f}/{r['compressai_psnr']:.2f}; --fast {r['fast_enc_ratio']:.2f}x"
-              f" / {r['fast_dec_ratio']:.2f}x", flush=True)
+              f"{r['vaecodec_psnr']:.2f}/{r['compressai_psnr']:.2f}; "
+              f"--fast {r['fast_enc_ratio']:.2f}x / {r['fast_dec_ratio']:.2f}x", flush=True)
 
     def tot(k: str) -> float:
         return sum(r[k] for r in rows)

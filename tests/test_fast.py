@@ -1,9 +1,10 @@
 """--fast (bfloat16 transforms): any decoder reads the file, and the image stays close."""
 
 import numpy as np
+from PIL import Image
 
 import vaecodec
-from conftest import psnr, run_cli
+from conftest import natural_image, psnr, run_cli
 
 
 def test_fast_encode_decodes_exactly_and_costs_little(kodim):
@@ -28,8 +29,6 @@ def test_fast_decode_is_within_about_a_level(kodim):
 
 
 def test_cli_fast_flags(tmp_path):
-    from conftest import natural_image
-
     src = tmp_path / "a.png"
     natural_image(200, 136).save(src)
     r = run_cli("encode", src, "-o", tmp_path / "a.vae", "--fast", "-q", "40")
@@ -38,8 +37,6 @@ def test_cli_fast_flags(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("decode", tmp_path / "a.vae", "-o", tmp_path / "c.png")
     assert r.returncode == 0, r.stderr
-    from PIL import Image
-
     with Image.open(tmp_path / "b.png") as b, Image.open(tmp_path / "c.png") as c:
         assert b.size == c.size == (200, 136)
         assert psnr(b, c) > 40
