@@ -104,7 +104,7 @@ def fit_power_law(t: np.ndarray, L: np.ndarray) -> tuple[float, float, float] | 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("kodak")
-    ap.add_argument("checkpoints", nargs="+")
+    ap.add_argument("checkpoints", nargs="*", help="none: only refit the stored points")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "learning_curve"))
     ap.add_argument("--qualities", default="0,15,30,45,60,80,100")
     ap.add_argument("--prior-steps", type=int, default=0,
@@ -147,11 +147,16 @@ def main() -> int:
     fit = fit_power_law(t, L)
     if fit:
         fa, fb, fc = fit
-        print(f"L(t) = {fa:.4f} + {fb:.4g} * t^-{fc:.3f} over {len(t)} points")
+        # An exponent at the edge of the searched range or a negative asymptote (the loss
+        # is a sum of non-negative terms) means the points do not pin the curve down.
+        degenerate = bool(fa < 0 or fc <= 0.05 + 1e-9 or fc >= 3.0 - 1e-9)
+        print(f"L(t) = {fa:.4f} + {fb:.4g} * t^-{fc:.3f} over {len(t)} points"
+              + ("  (degenerate: not a forecast)" if degenerate else ""))
         for more in (10_000, 50_000, 200_000):
             print(f"  +{more} steps: L = {fa + fb * (t[-1] + more) ** -fc:.4f}")
         (out / "fit.json").write_text(json.dumps(
             {"a": fa, "b": fb, "c": fc, "points": len(t), "last_steps": int(t[-1]),
+             "degenerate": degenerate,
              "forecast": {str(m): fa + fb * (t[-1] + m) ** -fc for m in (10_000, 50_000,
                                                                          200_000)}},
             indent=1) + "\n")
