@@ -140,6 +140,9 @@ def main() -> int:
                   f" loss {r['loss']:.4f}, bpp {r['qualities'][0]['bpp']:.3f}.."
                   f"{r['qualities'][-1]['bpp']:.3f} ({time.time() - t0:.0f} s)", flush=True)
             store.write_text(json.dumps(sorted(points, key=lambda p: p["steps"]), indent=1) + "\n")
+    if not points:
+        print(f"no points in {store}: give checkpoints to evaluate", file=sys.stderr)
+        return 2
     grid = points[-1]["lambdas"]
     same = sorted((p for p in points if p["lambdas"] == grid), key=lambda p: p["steps"])
     t = np.array([p["steps"] for p in same], dtype=np.float64)
