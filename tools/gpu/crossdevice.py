@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -23,11 +22,7 @@ import numpy as np
 from PIL import Image
 
 import vaecodec
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+from vaecodec.image import psnr
 
 
 def main() -> None:
