@@ -99,6 +99,8 @@ class Codec:
     setting_label: str = "quality"
     description: str = ""
     requires: str = "Pillow built with this format"
+    #: False for settings too slow for the default run: they run only when named (--codecs).
+    default: bool = True
 
 
 def _pillow_save(img: Image.Image, fmt: str, **params: Any) -> bytes:
@@ -144,10 +146,10 @@ def _jp2_encode(img: Image.Image, ratio: Setting) -> bytes:
     )
 
 
-def _vaecodec_encode(img: Image.Image, q: Setting) -> bytes:
+def _vaecodec_encode(img: Image.Image, q: Setting, effort: int = 0) -> bytes:
     import vaecodec
 
-    return vaecodec.encode(img, quality=float(q))
+    return vaecodec.encode(img, quality=float(q), effort=effort)
 
 
 def _vaecodec_decode(data: bytes) -> Image.Image:
@@ -185,6 +187,10 @@ _REGISTRY: tuple[Codec, ...] = (
     Codec("vaecodec", VAECODEC_QUALITIES, _vaecodec_encode, _vaecodec_decode,
           available=_vaecodec_available, description="this project (.vae)",
           requires="vaecodec's API and its weights file in models/"),
+    *(Codec(f"vaecodec-e{e}", VAECODEC_QUALITIES, functools.partial(_vaecodec_encode, effort=e),
+            _vaecodec_decode, available=_vaecodec_available, default=False,
+            description=f"this project, encoder search --effort {e}",
+            requires="vaecodec's API and its weights file in models/") for e in (1, 2, 3, 4)),
     Codec("jpeg", JPEG_QUALITIES, _jpeg_encode, _pillow_decode,
           available=_pillow_has("jpg"), description="Pillow/libjpeg, optimize=True, 4:2:0"),
     Codec("png", (None,), _png_encode, _pillow_decode, lossless=True,
@@ -202,8 +208,9 @@ CODECS: dict[str, Codec] = {c.name: c for c in _REGISTRY}
 
 
 def available_codecs() -> list[str]:
-    """Names of the codecs this machine can run, so the default run never fails on a plugin."""
-    return [name for name, c in CODECS.items() if c.available()]
+    """Names of the codecs the default run measures: those this machine can run (so it never
+    fails on a plugin), less the slow settings that run only when named."""
+    return [name for name, c in CODECS.items() if c.default and c.available()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +415,7 @@ def _warm_up(codec_names: Iterable[str]) -> None:
     tiny = Image.new("RGB", (64, 64), (128, 96, 64))
     for name in codec_names:
         codec = CODECS[name]
-        if name == "vaecodec":
+        if name.startswith("vaecodec"):
             _torch()
         try:
             codec.decode(codec.encode(tiny, codec.settings[len(codec.settings) // 2]))
@@ -710,7 +717,7 @@ def run_bench(
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     refs = load_reference(reference) if reference else []
     images = _find_images(directory)
-    settings = {n: (vae_q if n == "vaecodec" else CODECS[n].settings) for n in selected}
+    settings = {n: (vae_q if n.startswith("vaecodec") else CODECS[n].settings) for n in selected}
     tasks = [(str(p), n, s) for p in images for n in selected for s in settings[n]]
 
     from tqdm import tqdm
@@ -811,7 +818,7 @@ def plot_rd(curves: dict[str, tuple[Sequence[float], Sequence[float]]], refs: li
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for name, (r, p) in curves.items():
-        ax.plot(r, p, marker="o", markersize=3, linewidth=1.5 if name != "vaecodec" else 2.5,
+        ax.plot(r, p, marker="o", markersize=3, linewidth=1.5 if not name.startswith("vaecodec") else 2.5,
                 label=name)
     for c in refs:
         order = np.argsort(c["bpp"])
