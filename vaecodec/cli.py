@@ -152,8 +152,8 @@ def main() -> None:
               help="Analysis transform in bfloat16: ~1.7x faster, ~0.1% more bits.")
 @click.option("-e", "--effort", type=click.IntRange(0, 4), default=0, show_default=True,
               help="Search for better symbols for each image (like cwebp -m): 1..4 run 25..200 "
-                   "gradient steps of the decoder, about 7..55 s per megapixel more on 2 cores, "
-                   "for a smaller file at the same quality. 0: no search.")
+                   "gradient steps of the decoder, about 17..130 s per megapixel more on 2 "
+                   "cores, for a smaller file at the same quality. 0: no search.")
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors

@@ -1,0 +1,125 @@
+"""Encoder search (--effort): ordinary files, never worse than no search, better on photos."""
+
+import numpy as np
+import pytest
+import torch
+
+import vaecodec
+from vaecodec import codec, fastpath, refine, weights
+from conftest import natural_image, psnr, run_cli
+
+
+def _cost(im, data) -> float:
+    """The search's objective measured on the file: lambda * MSE(8-bit) + bits per pixel
+    (header and checksums included: the same few bytes for both files)."""
+    loaded = weights.load()
+    q = vaecodec.read_header(data).quality
+    level = codec.quality_to_level(q, loaded.model.levels)
+    lam = float(loaded.model.lambda_at(torch.tensor([level])))
+    err = np.asarray(vaecodec.decode(data), np.float64) - np.asarray(im, np.float64)
+    return lam * float(np.mean(err * err)) + 8 * len(data) / (im.width * im.height)
+
+
+def test_search_lowers_the_real_cost_of_a_photo_and_the_file_is_ordinary():
+    im = natural_image(192, 128)
+    plain = vaecodec.encode(im, 50)
+    searched = vaecodec.encode(im, 50, effort=2)
+    h0, h1 = vaecodec.read_header(plain), vaecodec.read_header(searched)
+    assert (h1.quality, h1.width, h1.height, h1.model_hash) == (
+        h0.quality, h0.width, h0.height, h0.model_hash)
+    assert searched != plain
+    # a plain decoder reads it, and the rate-distortion cost went down by a real margin
+    assert _cost(im, searched) < 0.99 * _cost(im, plain)
+    assert psnr(im, vaecodec.decode(searched)) > 20
+
+
+def test_search_is_reproducible():
+    im = natural_image(128, 96)
+    assert vaecodec.encode(im, 30, effort=1) == vaecodec.encode(im, 30, effort=1)
+
+
+def test_search_never_keeps_a_worse_result(monkeypatch):
+    """A search that makes things worse (here: it returns a badly shifted latent) is thrown
+    away: the file is the plain one."""
+    im = natural_image(128, 96)
+
+    def harmful(model, y, z, x, level, iterations, **kw):
+        return y + 3.0
+
+    monkeypatch.setattr(refine, "refine", harmful)
+    assert vaecodec.encode(im, 40, effort=1) == vaecodec.encode(im, 40)
+
+
+def test_tiled_search_covers_every_tile_and_lowers_the_cost(monkeypatch):
+    """Big images are searched tile by tile (memory stays bounded): with 4-latent tiles a
+    128 x 96 image has 6 tiles, every one of them moves, and the whole image's cost falls."""
+    monkeypatch.setattr(refine, "TILE", 4)
+    im = natural_image(128, 96)
+    loaded = weights.load()
+    rgb = np.asarray(im)
+    a = codec.analyze_pixels(rgb, loaded)
+    level = codec.quality_to_level(50, loaded.model.levels)
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
+    y = refine.refine(loaded.model, a.y, a.z, x, level, 25)
+    moved = (y - a.y).abs().amax(dim=1)[0]  # latent grid 6 x 8
+    for t in range(0, 6, 4):
+        for s in range(0, 8, 4):
+            assert moved[t:t + 4, s:s + 4].max() > 0
+    lam = float(loaded.model.lambda_at(torch.tensor([level])))
+    plain, y_plain = codec.code_at(a, 50, loaded)
+    searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True)
+    assert codec._rd_cost(a, searched, y_s, loaded, lam) < codec._rd_cost(a, plain, y_plain,
+                                                                          loaded, lam)
+
+
+def test_search_works_with_rate_control():
+    im = natural_image(192, 128)
+    limit = len(vaecodec.encode(im, 50))
+    data = vaecodec.encode(im, size=limit, effort=1)
+    assert len(data) <= limit
+
+
+def test_folded_gdn_gradient_path_computes_the_same_function():
+    from compressai.layers import GDN
+
+    torch.manual_seed(0)
+    for inverse in (False, True):
+        gdn = GDN(16, inverse=inverse)
+        with torch.no_grad():
+            gdn.gamma.add_(0.05 * torch.rand_like(gdn.gamma))
+        folded = fastpath.FoldedGDN(gdn)
+        x = torch.randn(1, 16, 9, 7).contiguous(memory_format=torch.channels_last)
+        ref = folded(x)
+        xg = x.clone().requires_grad_(True)
+        out = folded(xg)
+        out.sum().backward()
+        assert torch.allclose(out.detach(), ref, atol=1e-5)
+        assert torch.allclose(out.detach(), gdn(x).detach(), atol=1e-5)
+        assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("effort", [-1, 5, 1.5, "2", True])
+def test_bad_effort_is_a_vaecodec_error(effort):
+    with pytest.raises(vaecodec.VaecodecError, match="effort"):
+        vaecodec.encode(natural_image(32, 32), 50, effort=effort)
+
+
+def test_cli_effort(tmp_path):
+    src = tmp_path / "a.png"
+    natural_image(96, 64).save(src)
+    r = run_cli("encode", src, "-o", tmp_path / "a.vae", "-e", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("decode", tmp_path / "a.vae", "-o", tmp_path / "b.png", "--quiet")
+    assert r.returncode == 0, r.stderr
+    bad = run_cli("encode", src, "-o", tmp_path / "c.vae", "--effort", "9")
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr
+    assert not (tmp_path / "c.vae").exists()
+
+
+def test_slow_settings_are_not_in_the_default_bench():
+    from vaecodec import bench
+
+    assert "vaecodec-e2" in bench.CODECS
+    assert not any(n.startswith("vaecodec-e") for n in bench.available_codecs())
+    if bench.CODECS["vaecodec"].available():
+        assert bench._select_codecs("vaecodec-e2,jpeg") == ["vaecodec-e2", "jpeg"]
