@@ -100,7 +100,7 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
     from . import refine
 
     x = torch.from_numpy(np.require(a.rgb, np.uint8, ["C", "W"])).to(a.y.device)
-    x = x.permute(2, 0, 1)[None].float().div_(255)
+    x = x.permute(2, 0, 1)[None]
     y = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
     searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer)
     lam = float(loaded.model.lambda_at(torch.tensor([level], device=loaded.model.lambdas.device)))
