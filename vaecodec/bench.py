@@ -818,8 +818,8 @@ def plot_rd(curves: dict[str, tuple[Sequence[float], Sequence[float]]], refs: li
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
     for name, (r, p) in curves.items():
-        ax.plot(r, p, marker="o", markersize=3, linewidth=1.5 if not name.startswith("vaecodec") else 2.5,
-                label=name)
+        ax.plot(r, p, marker="o", markersize=3, label=name,
+                linewidth=2.5 if name.startswith("vaecodec") else 1.5)
     for c in refs:
         order = np.argsort(c["bpp"])
         ax.plot(np.asarray(c["bpp"])[order], np.asarray(c["psnr"])[order], linestyle="--",

@@ -103,7 +103,7 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
     x = x.permute(2, 0, 1)[None]
     y = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
     searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer)
-    lam = float(loaded.model.lambda_at(torch.tensor([level], device=loaded.model.lambdas.device)))
+    lam = loaded.model.lambda_for(level)
     cost = [_rd_cost(a, c, yh, loaded, lam) for c, yh in ((coded, y_hat), (searched, y_hat_s))]
     return (searched, y_hat_s) if cost[1] < cost[0] else (coded, y_hat)
 

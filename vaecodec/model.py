@@ -244,12 +244,7 @@ class VariableRateHyperprior(nn.Module):
         CRC32, and ``y_hat`` (the decoder's ungained latent, for measuring distortion)."""
         from compressai.ans import RansEncoder
 
-        lv = torch.full((y.size(0),), float(level), device=y.device)
-        _, _, gz, _ = self.gains(lv)
-        z = z * gz
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        indexes, means_g = self._y_params(z_hat_g, level, integer)
+        z_strings, indexes, means_g = self.code_z(z, level, integer)
         gy, _ = gains_fixed(self.y_log_gain, level)
         y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
         symbols = torch.round(y_g - means_g).int()
@@ -260,6 +255,20 @@ class VariableRateHyperprior(nn.Module):
         return {"strings": [[y_string], z_strings], "shape": tuple(z.shape[-2:]),
                 "symbols_crc": symbols_crc(symbols),
                 "y_hat": self._ungain(symbols, means_g, level)}
+
+    def code_z(self, z: Tensor, level: float, integer: bool = True
+               ) -> tuple[list[bytes], Tensor, Tensor]:
+        """Ungained z -> its strings, and the CDF indexes and means of the gained y that the
+        decoder will derive from them (the encoder's search needs exactly the decoder's view)."""
+        lv = torch.full((z.size(0),), float(level), device=z.device)
+        _, _, gz, _ = self.gains(lv)
+        z = z * gz
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        return (z_strings, *self._y_params(z_hat_g, level, integer))
+
+    def lambda_for(self, level: float) -> float:
+        return float(self.lambda_at(torch.tensor([float(level)], device=self.lambdas.device)))
 
     def compress(self, x: Tensor, level: float, integer: bool = True) -> dict[str, Any]:
         """One image (batch of 1) -> see ``compress_latent``."""

@@ -52,7 +52,7 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
         y = y.detach().to(dev, torch.float32).clone()
         z = z.detach().to(model.lambdas.device, torch.float32).clone()
         means, scales, gy, gy_inv = (t.to(dev) for t in _decoder_view(model, z, level))
-        lam = float(model.lambda_at(torch.tensor([float(level)], device=model.lambdas.device)))
+        lam = model.lambda_for(level)
         u = y * gy
         H, W = u.shape[-2:]
         gen = torch.Generator().manual_seed(seed)
@@ -66,11 +66,7 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
 def _decoder_view(model, z: Tensor, level: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The means and (table) scales the decoder will use for the gained y, and the gains."""
     with torch.no_grad():
-        lv = torch.full((1,), float(level), device=z.device)
-        _, _, gz, _ = model.gains(lv)
-        eb = model.entropy_bottleneck
-        z_hat_g = eb.decompress(eb.compress(z * gz), z.shape[-2:])
-        idx, means = model._y_params(z_hat_g, level, True)
+        _, idx, means = model.code_z(z, level)
         scales = model.gaussian_conditional.scale_table.cpu()[idx.long()]
         gy = torch.tensor(gains_fixed(model.y_log_gain, level)[0]).view(1, -1, 1, 1)
         gy_inv = torch.tensor(gains_fixed(model.y_log_gain_inv, level)[0]).view(1, -1, 1, 1)
