@@ -33,6 +33,20 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
 
 
+def rd_cost(im: Image.Image, data: bytes) -> float:
+    """The training objective measured on a file: lambda * MSE(8-bit) + bits per pixel, at
+    the lambda of the file's quality (header and checksums included: the same few bytes for
+    files of one image)."""
+    import vaecodec
+    from vaecodec import codec, weights
+
+    model = weights.load().model
+    lam = model.lambda_for(codec.quality_to_level(vaecodec.read_header(data).quality,
+                                                  model.levels))
+    err = np.asarray(vaecodec.decode(data), np.float64) - np.asarray(im, np.float64)
+    return lam * float(np.mean(err * err)) + 8 * len(data) / (im.width * im.height)
+
+
 def run_cli(*args, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:
     """The installed console script's code path, in a fresh process (real stdin/stdout)."""
     return subprocess.run([sys.executable, "-m", "vaecodec.cli", *map(str, args)], input=input,

@@ -6,18 +6,7 @@ import torch
 
 import vaecodec
 from vaecodec import codec, fastpath, refine, weights
-from conftest import natural_image, psnr, run_cli
-
-
-def _cost(im, data) -> float:
-    """The search's objective measured on the file: lambda * MSE(8-bit) + bits per pixel
-    (header and checksums included: the same few bytes for both files)."""
-    loaded = weights.load()
-    q = vaecodec.read_header(data).quality
-    level = codec.quality_to_level(q, loaded.model.levels)
-    lam = float(loaded.model.lambda_at(torch.tensor([level])))
-    err = np.asarray(vaecodec.decode(data), np.float64) - np.asarray(im, np.float64)
-    return lam * float(np.mean(err * err)) + 8 * len(data) / (im.width * im.height)
+from conftest import natural_image, psnr, rd_cost, run_cli
 
 
 def test_search_lowers_the_real_cost_of_a_photo_and_the_file_is_ordinary():
@@ -29,7 +18,7 @@ def test_search_lowers_the_real_cost_of_a_photo_and_the_file_is_ordinary():
         h0.quality, h0.width, h0.height, h0.model_hash)
     assert searched != plain
     # a plain decoder reads it, and the rate-distortion cost went down by a real margin
-    assert _cost(im, searched) < 0.99 * _cost(im, plain)
+    assert rd_cost(im, searched) < 0.99 * rd_cost(im, plain)
     assert psnr(im, vaecodec.decode(searched)) > 20
 
 
@@ -67,7 +56,7 @@ def test_tiled_search_covers_every_tile_and_lowers_the_cost(monkeypatch):
             assert moved[t:t + 4, s:s + 4].max() > 0
     lam = float(loaded.model.lambda_at(torch.tensor([level])))
     plain, y_plain = codec.code_at(a, 50, loaded)
-    searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True)
+    searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True, False)
     assert codec._rd_cost(a, searched, y_s, loaded, lam) < codec._rd_cost(a, plain, y_plain,
                                                                           loaded, lam)
 

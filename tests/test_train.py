@@ -1,5 +1,6 @@
 """Training runs, checkpoints, resumes and exports a file the codec can use (tiny and fast)."""
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -48,3 +49,19 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert lr_at(cfg, 700, 0.7) == 1e-4
     assert 1e-5 < lr_at(cfg, 900, 0.9) < 1e-4
     assert abs(lr_at(cfg, 1000, 1.0) - 1e-5) < 1e-12
+
+
+def test_working_clock_does_not_count_a_stopped_process(monkeypatch):
+    """A trainer stopped (SIGSTOP) for ten minutes to free the cores resumes its schedule
+    where it was: the gap counts as MAX_GAP, not as ten minutes of training."""
+    from vaecodec import train as train_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(train_mod.time, "time", lambda: now[0])
+    clock = train_mod.WorkingClock(start=300.0)
+    now[0] += 2.5
+    assert clock() == pytest.approx(302.5)
+    now[0] += 600
+    assert clock() == pytest.approx(302.5 + train_mod.WorkingClock.MAX_GAP)
+    now[0] += 1.0
+    assert clock() == pytest.approx(303.5 + train_mod.WorkingClock.MAX_GAP)

@@ -146,10 +146,10 @@ def _jp2_encode(img: Image.Image, ratio: Setting) -> bytes:
     )
 
 
-def _vaecodec_encode(img: Image.Image, q: Setting, effort: int = 0) -> bytes:
+def _vaecodec_encode(img: Image.Image, q: Setting, effort: int = 0, rdoq: bool = True) -> bytes:
     import vaecodec
 
-    return vaecodec.encode(img, quality=float(q), effort=effort)
+    return vaecodec.encode(img, quality=float(q), effort=effort, rdoq=rdoq)
 
 
 def _vaecodec_decode(data: bytes) -> Image.Image:
@@ -191,6 +191,10 @@ _REGISTRY: tuple[Codec, ...] = (
             _vaecodec_decode, available=_vaecodec_available, default=False,
             description=f"this project, encoder search --effort {e}",
             requires="vaecodec's API and its weights file in models/") for e in (1, 2, 3, 4)),
+    Codec("vaecodec-nearest", VAECODEC_QUALITIES, functools.partial(_vaecodec_encode, rdoq=False),
+          _vaecodec_decode, available=_vaecodec_available, default=False,
+          description="this project, --no-rdoq (latent rounded to nearest)",
+          requires="vaecodec's API and its weights file in models/"),
     Codec("jpeg", JPEG_QUALITIES, _jpeg_encode, _pillow_decode,
           available=_pillow_has("jpg"), description="Pillow/libjpeg, optimize=True, 4:2:0"),
     Codec("png", (None,), _png_encode, _pillow_decode, lossless=True,

@@ -154,13 +154,16 @@ def main() -> None:
               help="Search for better symbols for each image (like cwebp -m): 1..4 run 25..200 "
                    "gradient steps of the decoder, about 17..130 s per megapixel more on 2 "
                    "cores, for a smaller file at the same quality. 0: no search.")
+@click.option("--rdoq/--no-rdoq", default=True, show_default=True,
+              help="Rate-distortion optimised rounding of the latent (like mozjpeg's trellis "
+                   "quantisation; --no-rdoq rounds to nearest, as CompressAI does).")
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
 def encode(inputs: tuple[str, ...], output: str | None, quality: float | None, size: int | None,
            target_bpp: float | None, target_psnr: float | None, model: str | None,
-           device: str, keep_metadata: bool, fast: bool, effort: int, print_psnr: bool,
-           quiet: bool) -> None:
+           device: str, keep_metadata: bool, fast: bool, effort: int, rdoq: bool,
+           print_psnr: bool, quiet: bool) -> None:
     """Compress images (PNG, JPEG, anything Pillow reads) to .vae files.
 
     IN may be several files or directories (their images, not recursive): each gives one
@@ -176,20 +179,21 @@ def encode(inputs: tuple[str, ...], output: str | None, quality: float | None, s
 
     def one(inp: str, out: str) -> str:
         return _encode_one(inp, out, quality, target, model, device, keep_metadata, fast,
-                           effort, print_psnr)
+                           effort, rdoq, print_psnr)
 
     _run(_plan(inputs, output, ".vae", _is_image_name), one, quiet, "encoded")
 
 
 def _encode_one(input: str, output: str, quality: float | None, target: dict,
                 model: str | None, device: str, keep_metadata: bool, fast: bool, effort: int,
-                print_psnr: bool) -> str:
+                rdoq: bool, print_psnr: bool) -> str:
     import vaecodec
     from .image import read_image
 
     im = read_image(_read_input(input) if input == "-" else input)
     data = vaecodec.encode(im, quality, model=model, device=device,
-                           keep_metadata=keep_metadata, fast=fast, effort=effort, **target)
+                           keep_metadata=keep_metadata, fast=fast, effort=effort, rdoq=rdoq,
+                           **target)
     _write_output(output, data)
     w, h = im.size
     chosen = vaecodec.read_header(data).quality

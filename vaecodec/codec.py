@@ -81,20 +81,22 @@ def analyze_pixels(rgb: np.ndarray, loaded: LoadedModel, mode: str = "RGB",
 
 
 def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = True,
-            effort: int = 0) -> tuple[Coded, Any]:
+            effort: int = 0, rdoq: bool = True) -> tuple[Coded, Any]:
     """The analysis at one quality -> the coded strings and header, and the decoder's latent
     (``reconstruct`` turns it into the pixels the decoder will produce).
 
     ``effort`` > 0 searches for better symbols for this image (refine.py) and keeps the
     search's result only where it lowers the actual rate-distortion cost of the file, so
-    more effort never gives a worse file than effort 0 at the same quality."""
+    more effort never gives a worse file than effort 0 at the same quality. ``rdoq``: the
+    plain encode rounds rate-distortion optimally (rdoq.py) rather than to nearest; the
+    search's result is always rounded to nearest, which is what it optimised for."""
     import torch
 
     _check_quality(quality)
     iterations = _check_effort(effort)
     quality = as_float32(quality)
     level = quality_to_level(quality, loaded.model.levels)
-    coded, y_hat = _code_latent(a, a.y, quality, level, loaded, integer)
+    coded, y_hat = _code_latent(a, a.y, quality, level, loaded, integer, rdoq)
     if not iterations:
         return coded, y_hat
     from . import refine
@@ -102,19 +104,19 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
     x = torch.from_numpy(np.require(a.rgb, np.uint8, ["C", "W"])).to(a.y.device)
     x = x.permute(2, 0, 1)[None]
     y = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
-    searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer)
+    searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer, rdoq=False)
     lam = loaded.model.lambda_for(level)
     cost = [_rd_cost(a, c, yh, loaded, lam) for c, yh in ((coded, y_hat), (searched, y_hat_s))]
     return (searched, y_hat_s) if cost[1] < cost[0] else (coded, y_hat)
 
 
 def _code_latent(a: Analysis, y: Any, quality: float, level: float, loaded: LoadedModel,
-                 integer: bool) -> tuple[Coded, Any]:
+                 integer: bool, rdoq: bool) -> tuple[Coded, Any]:
     import torch
 
     h, w = a.rgb.shape[:2]
     with torch.inference_mode():
-        out = loaded.model.compress_latent(y, a.z, level, integer=integer)
+        out = loaded.model.compress_latent(y, a.z, level, integer=integer, rdoq=rdoq)
     y_strings, z_strings = out["strings"]
     header = Header(width=w, height=h, mode=a.mode, quality=quality, model_id=loaded.model_id,
                     model_hash=loaded.model_hash, z_shape=tuple(out["shape"]),
@@ -143,11 +145,11 @@ def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:
 
 def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
                   device: str | None = None, integer: bool = True, fast: bool = False,
-                  effort: int = 0) -> Coded:
+                  effort: int = 0, rdoq: bool = True) -> Coded:
     _check_quality(quality)  # before the analysis transform, the expensive part
     _check_effort(effort)
     return code_at(analyze_pixels(rgb, loaded, mode, device, fast), quality, loaded, integer,
-                   effort)[0]
+                   effort, rdoq)[0]
 
 
 def bf16(dev, on: bool):

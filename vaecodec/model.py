@@ -39,6 +39,7 @@ from compressai.models.utils import conv, deconv
 
 from .intnet import (FRAC_BITS, IntegerHyperSynthesis, gains_fixed, scale_indexes,
                      scale_thresholds)
+from .rdoq import rd_round
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
@@ -238,16 +239,21 @@ class VariableRateHyperprior(nn.Module):
         y = tiled(self.g_a, x, tile or TILE, HALO_ANALYSIS, down=Y_STRIDE, up=1)
         return y, self.h_a(y)
 
-    def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True
-                        ) -> dict[str, Any]:
+    def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
+                        rdoq: bool = True) -> dict[str, Any]:
         """(y, ungained z) at one rate level -> z and y strings, z's shape, the y symbols'
-        CRC32, and ``y_hat`` (the decoder's ungained latent, for measuring distortion)."""
+        CRC32, and ``y_hat`` (the decoder's ungained latent, for measuring distortion).
+        ``rdoq``: rate-distortion optimised rounding (rdoq.py) instead of nearest."""
         from compressai.ans import RansEncoder
 
         z_strings, indexes, means_g = self.code_z(z, level, integer)
         gy, _ = gains_fixed(self.y_log_gain, level)
         y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
-        symbols = torch.round(y_g - means_g).int()
+        if rdoq:
+            sigma = self.gaussian_conditional.scale_table[indexes.long()]
+            symbols = rd_round(y_g - means_g, sigma, self.lambda_for(level))
+        else:
+            symbols = torch.round(y_g - means_g).int()
         c = self._cache()
         y_string = RansEncoder().encode_with_indexes(
             symbols.reshape(-1).tolist(), indexes.reshape(-1).tolist(), c["cdf"],
@@ -270,9 +276,10 @@ class VariableRateHyperprior(nn.Module):
     def lambda_for(self, level: float) -> float:
         return float(self.lambda_at(torch.tensor([float(level)], device=self.lambdas.device)))
 
-    def compress(self, x: Tensor, level: float, integer: bool = True) -> dict[str, Any]:
+    def compress(self, x: Tensor, level: float, integer: bool = True, rdoq: bool = True
+                 ) -> dict[str, Any]:
         """One image (batch of 1) -> see ``compress_latent``."""
-        return self.compress_latent(*self.analyze(x), level, integer)
+        return self.compress_latent(*self.analyze(x), level, integer, rdoq)
 
     def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
                    integer: bool = True, device: torch.device | None = None,

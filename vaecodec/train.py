@@ -269,6 +269,24 @@ class _Dist:
         return t
 
 
+class WorkingClock:
+    """Seconds of training, not of wall clock: a gap of more than ``MAX_GAP`` between two
+    readings (the process was stopped with SIGSTOP to free the cores for a benchmark, or the
+    machine slept) counts as ``MAX_GAP``, so a run's minutes and its learning-rate schedule
+    pick up where they were. A step takes seconds, even on a busy machine."""
+
+    MAX_GAP = 60.0
+
+    def __init__(self, start: float = 0.0):
+        self.elapsed, self.last = start, time.time()
+
+    def __call__(self) -> float:
+        now = time.time()
+        self.elapsed += min(max(0.0, now - self.last), self.MAX_GAP)
+        self.last = now
+        return self.elapsed
+
+
 def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist) -> Path:
     from tqdm import tqdm
 
@@ -332,14 +350,14 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
     log_f = open(cfg.log, "a", newline="") if cfg.log and lead else None
     log_w = csv.writer(log_f) if log_f else None
     last_ck = last_snap = time.time()
-    t0 = time.time() - elapsed
+    clock = WorkingClock(elapsed)
     bar = tqdm(disable=not (progress_bar and lead), initial=step, total=cfg.steps or None,
                dynamic_ncols=True, mininterval=10)
     avg: dict[str, float] = {}
     model.train()
     try:
         while True:
-            elapsed = ctx.from_rank0(time.time() - t0)
+            elapsed = ctx.from_rank0(clock())
             prog = _progress(cfg, step, elapsed)
             if prog >= 1.0 and (cfg.steps or cfg.minutes):
                 break
@@ -386,18 +404,18 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
                                     f"{float(aux.detach()):.2f}"])
                     log_f.flush()
             if time.time() - last_ck > cfg.checkpoint_minutes * 60:
-                save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
+                save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg)
                 last_ck = time.time()
             if cfg.snapshot_minutes and time.time() - last_snap > cfg.snapshot_minutes * 60:
-                save_snapshot(out, ema, step, time.time() - t0)
+                save_snapshot(out, ema, step, clock())
                 last_snap = time.time()
     finally:
         bar.close()
         if log_f:
             log_f.close()
     if lead:
-        save_checkpoint(out, model, ema, opt, aux_opt, step, time.time() - t0, cfg)
-        print(f"done: {step} steps, {(time.time() - t0) / 3600:.2f} h -> {out}")
+        save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg)
+        print(f"done: {step} steps, {clock() / 3600:.2f} h -> {out}")
     if ctx.world > 1:
         # every process returns only once the checkpoint is on disk
         dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)
