@@ -5,7 +5,9 @@
 
 Each checkpoint (a training checkpoint or snapshot .pt, its EMA weights; or a .safetensors
 weights file) is exported to a temporary weights file and used through the public API, so
-every number comes from complete .vae files, like ``vaecodec bench``: mean bpp and PSNR per
+every number comes from complete .vae files, like ``vaecodec bench``, with the latent rounded
+to nearest (``rdoq=False``: this is the weights' curve, comparable from the first point on,
+not the encoder's; rdoq.py adds its own gain on top): mean bpp and PSNR per
 quality over the images, the BD-rate against the JPEG curve of the committed Kodak bench
 (benchmarks/kodak/results.json, measured on the same 24 images), and the mean
 rate-distortion loss lambda * 255^2 * MSE + bpp at those qualities (the training objective,
@@ -69,7 +71,7 @@ def measure(wfile: Path, images: list[Path], qualities: list[float]) -> dict:
         for f in images:
             with Image.open(f) as im:
                 im = im.convert("RGB")
-            data = vaecodec.encode(im, q, model=wfile)
+            data = vaecodec.encode(im, q, model=wfile, rdoq=False)
             out = vaecodec.decode(data, model=wfile)
             a = np.asarray(im, dtype=np.float64)
             m = float(((a - np.asarray(out, dtype=np.float64)) ** 2).mean())
