@@ -168,7 +168,8 @@ def test_vaecodec_entry_uses_the_public_api(image_dir: Path, monkeypatch) -> Non
 
     calls: list[float] = []
 
-    def fake_encode(img: Image.Image, quality: float = 75, effort: int = 0) -> bytes:
+    def fake_encode(img: Image.Image, quality: float = 75, effort: int = 0,
+                    rdoq: bool = True) -> bytes:
         calls.append(quality)
         buf = io.BytesIO()
         img.save(buf, format="PNG")
