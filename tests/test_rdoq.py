@@ -4,10 +4,13 @@ real photos, ordinary files, and an exact opt-out."""
 import numpy as np
 import pytest
 import torch
+from compressai.entropy_models import GaussianConditional
 
 import vaecodec
 from vaecodec import bitstream, codec, rdoq, weights
 from conftest import psnr, rd_cost, run_cli
+
+GC = GaussianConditional(None)
 
 
 def test_only_steps_toward_the_mean_and_only_from_past_a_half():
@@ -15,7 +18,7 @@ def test_only_steps_toward_the_mean_and_only_from_past_a_half():
     r = torch.randn(20000) * 3
     sigma = torch.rand(20000) * 4 + 0.11
     nearest = torch.round(r)
-    s = rdoq.rd_round(r, sigma, lam=1e-4).float()  # small lambda: bits are dear, many moves
+    s = rdoq.rd_round(r, sigma, 1e-4, GC).float()  # small lambda: bits are dear, many moves
     moved = s != nearest
     assert moved.any()
     # a move is exactly one step, toward zero (the mean), from a value rounded away from it
@@ -29,7 +32,7 @@ def test_only_steps_toward_the_mean_and_only_from_past_a_half():
 def test_the_exchange_rate_decides():
     torch.manual_seed(1)
     r, sigma = torch.randn(20000) * 3, torch.rand(20000) * 4 + 0.11
-    moved = [rdoq.rd_round(r, sigma, lam) != torch.round(r) for lam in (5e-4, 1e-2, 1e6)]
+    moved = [rdoq.rd_round(r, sigma, lam, GC) != torch.round(r) for lam in (5e-4, 1e-2, 1e6)]
     assert moved[0].sum() > moved[1].sum() > moved[2].sum()  # dearer distortion, fewer moves
     # at a huge price only steps that add almost no error (from ~a half away) are taken
     assert ((torch.round(r) - r)[moved[2]].abs() > 0.49).all()

@@ -54,7 +54,7 @@ def test_tiled_search_covers_every_tile_and_lowers_the_cost(monkeypatch):
     for t in range(0, 6, 4):
         for s in range(0, 8, 4):
             assert moved[t:t + 4, s:s + 4].max() > 0
-    lam = float(loaded.model.lambda_at(torch.tensor([level])))
+    lam = loaded.model.lambda_for(level)
     plain, y_plain = codec.code_at(a, 50, loaded)
     searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True, False)
     assert codec._rd_cost(a, searched, y_s, loaded, lam) < codec._rd_cost(a, plain, y_plain,

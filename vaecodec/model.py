@@ -250,8 +250,9 @@ class VariableRateHyperprior(nn.Module):
         gy, _ = gains_fixed(self.y_log_gain, level)
         y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
         if rdoq:
-            sigma = self.gaussian_conditional.scale_table[indexes.long()]
-            symbols = rd_round(y_g - means_g, sigma, self.lambda_for(level))
+            gc = self.gaussian_conditional
+            symbols = rd_round(y_g - means_g, gc.scale_table[indexes.long()],
+                               self.lambda_for(level), gc)
         else:
             symbols = torch.round(y_g - means_g).int()
         c = self._cache()

@@ -19,6 +19,7 @@ correlated (a whole region shrinks toward its mean), so their errors add up cohe
 from __future__ import annotations
 
 import torch
+from compressai.entropy_models import GaussianConditional
 from torch import Tensor
 
 T_AT_REFERENCE, REFERENCE_LAMBDA, T_EXPONENT = 20.0, 5e-4, 0.24
@@ -29,24 +30,20 @@ def threshold(lam: float) -> float:
     return T_AT_REFERENCE * (lam / REFERENCE_LAMBDA) ** T_EXPONENT
 
 
-def rd_round(r: Tensor, scales: Tensor, lam: float) -> Tensor:
+def rd_round(r: Tensor, scales: Tensor, lam: float, coder: GaussianConditional) -> Tensor:
     """``r`` (gained y minus its mean) -> integer symbols; ``scales``: the sigma the range coder
-    uses for each element (its scale-table entry)."""
+    uses for each element (its scale-table entry); ``coder``: whose Gaussian prices the bits."""
     s = torch.round(r)
     away = s * (s - r) > 0  # rounded away from the mean (so s != 0): a step back saves bits
     if not bool(away.any()):
         return s.int()
     sa, ra, sig = s[away], r[away], scales[away]
     toward = sa - torch.sign(sa)
-    saved = _bits(sa, sig) - _bits(toward, sig)
+    saved = _bits(coder, sa, sig) - _bits(coder, toward, sig)
     added = 1 - 2 * (sa - ra).abs()  # (1 - e)^2 - e^2 for a rounding error e
     s[away] = torch.where(saved > threshold(lam) * added, toward, sa)
     return s.int()
 
 
-def _bits(s: Tensor, sigma: Tensor) -> Tensor:
-    """-log2 P(s) for the zero-mean Gaussian of ``sigma`` integrated over [s - 1/2, s + 1/2],
-    from the upper tail (no cancellation far from the mean)."""
-    a = s.abs()
-    p = torch.special.ndtr((0.5 - a) / sigma) - torch.special.ndtr((-0.5 - a) / sigma)
-    return -torch.log2(p.clamp_min(1e-12))
+def _bits(coder: GaussianConditional, s: Tensor, sigma: Tensor) -> Tensor:
+    return -torch.log2(coder._likelihood(s, sigma).clamp_min(1e-12))
