@@ -251,7 +251,7 @@ class VariableRateHyperprior(nn.Module):
         y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
         if rdoq:
             gc = self.gaussian_conditional
-            symbols = rd_round(y_g - means_g, gc.scale_table[indexes.long()],
+            symbols = rd_round(y_g - means_g, gc.scale_table.cpu()[indexes.long()],
                                self.lambda_for(level), gc)
         else:
             symbols = torch.round(y_g - means_g).int()

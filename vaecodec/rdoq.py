@@ -46,4 +46,8 @@ def rd_round(r: Tensor, scales: Tensor, lam: float, coder: GaussianConditional) 
 
 
 def _bits(coder: GaussianConditional, s: Tensor, sigma: Tensor) -> Tensor:
-    return -torch.log2(coder._likelihood(s, sigma).clamp_min(1e-12))
+    """The coder's own Gaussian, computed where the symbols are (the CPU): the coder may sit
+    on a GPU with the rest of the model, and only its lower bound on sigma is state."""
+    sigma = sigma.clamp_min(float(coder.lower_bound_scale.bound))
+    v, phi = s.abs(), coder._standardized_cumulative
+    return -torch.log2((phi((0.5 - v) / sigma) - phi((-0.5 - v) / sigma)).clamp_min(1e-12))
