@@ -42,15 +42,13 @@ def jpeg_curve(results: Path) -> tuple[list[float], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def weights_file(path: Path, tmp: Path, prior_steps: int, step_scale: float = 1.0
-                 ) -> tuple[Path, int, float]:
-    """-> (a .safetensors file, total steps, training hours of this checkpoint's run)."""
+def weights_file(path: Path, tmp: Path) -> tuple[Path, int, float]:
+    """-> (a .safetensors file, this checkpoint's run's steps and training hours)."""
     if path.suffix == ".safetensors":
         from vaecodec.weights import read_metadata
 
         meta = read_metadata(path)
-        return (path, round(int(meta.get("steps", 0)) * step_scale) + prior_steps,
-                float(meta.get("train_hours", 0)))
+        return path, int(meta.get("steps", 0)), float(meta.get("train_hours", 0))
     import torch
 
     from vaecodec.train import export_checkpoint
@@ -58,8 +56,7 @@ def weights_file(path: Path, tmp: Path, prior_steps: int, step_scale: float = 1.
     ck = torch.load(path, map_location="cpu", weights_only=True)
     out = tmp / (path.stem + ".safetensors")
     export_checkpoint(str(path), str(out))
-    return (out, round(int(ck.get("step", 0)) * step_scale) + prior_steps,
-            float(ck.get("elapsed", 0)) / 3600)
+    return out, int(ck.get("step", 0)), float(ck.get("elapsed", 0)) / 3600
 
 
 def measure(wfile: Path, images: list[Path], qualities: list[float]) -> dict:
@@ -137,7 +134,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for c in a.checkpoints:
             t0 = time.time()
-            wfile, steps, hours = weights_file(Path(c), Path(tmp), a.prior_steps, a.step_scale)
+            wfile, own, hours = weights_file(Path(c), Path(tmp))
+            steps = a.prior_steps + round(own * a.step_scale)
             r = measure(wfile, images, qualities)
             r.update({"checkpoint": Path(c).name, "steps": steps, "run_hours": round(hours, 3),
                       "images": len(images), "label": a.label, "step_scale": a.step_scale,
