@@ -109,14 +109,17 @@ def floor_times(loaded, xp: torch.Tensor, repeat: int) -> dict[str, float]:
     shapes (see the module docstring: the part of coding that the arithmetic fixes)."""
     from vaecodec.intnet import IntegerHyperSynthesis
 
+    from vaecodec.fastpath import SubpixelDeconv
+
     m = loaded.model
-    convs = lambda seq: [l for l in seq if isinstance(l, (torch.nn.Conv2d,  # noqa: E731
-                                                          torch.nn.ConvTranspose2d))
-                         or type(l).__name__ == "SubpixelDeconv"]
+    conv_kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d, SubpixelDeconv)
+
+    def convs(seq):
+        return [layer for layer in seq if isinstance(layer, conv_kinds)]
 
     def run(layers, x):
-        for l in layers:
-            x = l(x)
+        for layer in layers:
+            x = layer(x)
         return x
 
     with torch.inference_mode():
