@@ -90,7 +90,7 @@ class SubpixelDeconv(nn.Module):
 def prepare(model: nn.Module) -> nn.Module:
     """Rewrite a loaded model's g_a and g_s in place for inference (never for training or
     export: the folded layers have no trainable parameters)."""
-    from compressai.layers import GDN
+    from ._compressai import GDN
 
     for seq in (model.g_a, model.g_s):
         for i, layer in enumerate(seq):

@@ -33,9 +33,7 @@ from torch import Tensor, nn
 # CompressAI 1.2.8 calls torch.jit.script at import; torch 2.14 warns about it on every run.
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
-from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import GDN
-from compressai.models.utils import conv, deconv
+from ._compressai import GDN, EntropyBottleneck, GaussianConditional, conv, deconv
 
 from .intnet import (FRAC_BITS, IntegerHyperSynthesis, gains_fixed, scale_indexes,
                      scale_thresholds)
@@ -244,7 +242,7 @@ class VariableRateHyperprior(nn.Module):
         """(y, ungained z) at one rate level -> z and y strings, z's shape, the y symbols'
         CRC32, and ``y_hat`` (the decoder's ungained latent, for measuring distortion).
         ``rdoq``: rate-distortion optimised rounding (rdoq.py) instead of nearest."""
-        from compressai.ans import RansEncoder
+        from ._compressai import RansEncoder
 
         z_strings, indexes, means_g = self.code_z(z, level, integer)
         gy, _ = gains_fixed(self.y_log_gain, level)
@@ -291,7 +289,7 @@ class VariableRateHyperprior(nn.Module):
         import contextlib
 
         import numpy as np
-        from compressai.ans import RansDecoder
+        from ._compressai import RansDecoder
 
         z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
         indexes, means_g = self._y_params(z_hat_g, level, integer)

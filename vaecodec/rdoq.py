@@ -19,7 +19,7 @@ correlated (a whole region shrinks toward its mean), so their errors add up cohe
 from __future__ import annotations
 
 import torch
-from compressai.entropy_models import GaussianConditional
+from ._compressai import GaussianConditional
 from torch import Tensor
 
 T_AT_REFERENCE, REFERENCE_LAMBDA, T_EXPONENT = 20.0, 5e-4, 0.24
