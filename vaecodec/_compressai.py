@@ -11,14 +11,15 @@ those names from here.
 How, without patching CompressAI's files:
 
 1. ``compressai`` and ``compressai.models`` are registered in ``sys.modules`` as package
-   modules made from their real import specs (same ``__path__``, ``__file__``, ``__spec__``)
-   but without running their ``__init__.py``. Importing a submodule such as
-   ``compressai.entropy_models`` then finds its files as usual and runs only its own imports.
-2. Each such package completes itself on first use of anything it has not loaded yet: a
-   module ``__getattr__`` (PEP 562) runs the real ``__init__.py`` into the same module
-   object. So ``compressai.zoo``, ``compressai.__version__`` or ``from compressai.models
-   import MeanScaleHyperprior`` later in the same process work exactly as after a plain
-   ``import compressai`` (benchmarks/speed.py does that), with the same class objects.
+   modules made from their real import specs (same ``__path__``, ``__file__``, ``__spec__``),
+   running their ``__init__.py`` without the statements that import every subpackage.
+   Importing a submodule such as ``compressai.entropy_models`` then finds its files as usual
+   and runs only its own imports.
+2. Each such package completes itself on first use of a name it lacks: a module
+   ``__getattr__`` (PEP 562) runs the statements left out, into the same module object.
+   So ``compressai.zoo`` or ``from compressai.models import MeanScaleHyperprior`` later in
+   the same process work exactly as after a plain ``import compressai`` (benchmarks/speed.py
+   does that), with the same class objects.
 3. ``compressai/entropy_models/entropy_models.py`` imports scipy.stats for one call,
    ``norm.ppf`` in ``GaussianConditional.update``, which builds CDF tables: training and
    export only, since the shipped weights carry their tables. While that module is imported,
@@ -33,6 +34,7 @@ leave torch_geometric, pandas, scipy and compressai.datasets unimported.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import sys
@@ -45,31 +47,55 @@ import torch  # noqa: F401  (CompressAI's C extensions need libtorch loaded firs
 _LIGHT_PACKAGES = ("compressai", "compressai.models")
 
 
-def _complete_on_demand(name: str) -> types.ModuleType:
-    """Register package ``name`` without running its ``__init__.py`` (see the module doc)."""
+def _imports_own_submodules(node: ast.stmt, package: str) -> bool:
+    """``from compressai import datasets, ...``, ``from .base import *``: the statements of
+    an ``__init__.py`` that load the package's subpackages."""
+    if not isinstance(node, ast.ImportFrom):
+        return False
+    if node.level:
+        return node.level == 1
+    return node.module == package or (node.module or "").startswith(package + ".")
+
+
+def _register_light(name: str) -> None:
+    """Register package ``name`` with its ``__init__.py`` less the statements that import its
+    subpackages; those run on the first use of a name it does not have (see the module doc).
+    The rest of ``compressai/__init__.py`` (its version, ``get_entropy_coder``, which the
+    entropy models call) runs as written."""
     if name in sys.modules:
-        return sys.modules[name]
+        return
     spec = importlib.util.find_spec(name)
-    if spec is None or spec.submodule_search_locations is None:
+    if spec is None or spec.submodule_search_locations is None or spec.loader is None:
         raise ImportError(f"{name} is not installed (pip install compressai)")
-    module = importlib.util.module_from_spec(spec)
+    tree = ast.parse(spec.loader.get_source(name) or "", spec.origin or name)
+    deferred = [n for n in tree.body if _imports_own_submodules(n, name)]
+    eager = [n for n in tree.body if n not in deferred]
+
+    def run(body: list[ast.stmt]) -> None:
+        code = compile(ast.Module(body=body, type_ignores=[]), spec.origin or name, "exec",
+                       dont_inherit=True)
+        exec(code, module.__dict__)
 
     def __getattr__(attr: str) -> Any:
-        # Something outside the codec wants the whole package: run its real __init__ once,
-        # into this very module object, then answer as a plain import would.
-        if attr.startswith("__") and attr.endswith("__") and attr not in ("__version__",
-                                                                            "__all__"):
-            raise AttributeError(attr)
+        # Someone wants more of the package than the codec: import its subpackages now,
+        # into this very module object, then answer as a plain import would have.
+        if attr.startswith("__"):
+            raise AttributeError(f"module {name!r} has no attribute {attr!r}")
         module.__dict__.pop("__getattr__", None)
-        spec.loader.exec_module(module)
+        run(deferred)
         return getattr(module, attr)
 
-    module.__getattr__ = __getattr__
+    module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
     if parent:
         setattr(sys.modules[parent], child, module)
-    return module
+    try:
+        run(eager)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    module.__getattr__ = __getattr__
 
 
 class _LazyScipy(types.ModuleType):
@@ -98,7 +124,7 @@ def _import_entropy_models() -> types.ModuleType:
 
 
 for _name in _LIGHT_PACKAGES:
-    _complete_on_demand(_name)
+    _register_light(_name)
 
 _entropy_models = _import_entropy_models()
 from compressai.ans import RansDecoder, RansEncoder  # noqa: E402
