@@ -235,3 +235,45 @@ def test_compressai_results_format_is_accepted(tmp_path: Path) -> None:
     f.write_text(json.dumps([{"name": "bad", "bpp": [0.1]}]))
     with pytest.raises(ValueError, match="psnr"):
         bench.load_reference(f)
+
+
+# -- the other codecs --------------------------------------------------------------------------
+
+
+def _av1c_subsampling(data: bytes) -> tuple[int, int]:
+    """(chroma_subsampling_x, chroma_subsampling_y) from an AVIF file's av1C box: the layout
+    the encoder really used, whatever it was asked for."""
+    i = data.index(b"av1C") + 4
+    flags = data[i + 2]
+    return (flags >> 3) & 1, (flags >> 2) & 1
+
+
+@pytest.mark.skipif(not bench.CODECS["avif"].available(), reason="Pillow without AVIF")
+def test_avif_is_measured_in_both_chroma_layouts(image_dir: Path, tmp_path: Path) -> None:
+    img = _photo(64, 48, 3)
+    assert _av1c_subsampling(bench.CODECS["avif"].encode(img, 50)) == (1, 1)      # 4:2:0
+    assert _av1c_subsampling(bench.CODECS["avif444"].encode(img, 50)) == (0, 0)   # 4:4:4
+    result = bench.run_bench(image_dir, codecs="avif444,avif", out=tmp_path / "out",
+                             progress=False)
+    assert result.config["codecs"] == ["avif", "avif444"] and not result.errors
+    assert {b.codec for b in result.bd} == set()          # no jpeg anchor asked for
+    assert "avif444" in result.table and "4:4:4" in result.config["codec_notes"]["avif444"]
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {a["codec"] for a in doc["aggregates"]} == {"avif", "avif444"}
+
+
+@pytest.mark.skipif(not bench.CODECS["jxl"].available(), reason="pillow-jxl-plugin missing")
+def test_jpeg_xl_is_in_the_same_table_json_and_csv(image_dir: Path, tmp_path: Path) -> None:
+    codec = bench.CODECS["jxl"]
+    img = _photo(64, 48, 4)
+    lo, hi = codec.encode(img, 10), codec.encode(img, 90)
+    assert lo[:2] == b"\xff\x0a" and len(lo) < len(hi)          # a bare JPEG XL codestream
+    back = codec.decode(hi)
+    assert back.size == img.size and bench.psnr(np.asarray(img), np.asarray(back)) > 30
+    result = bench.run_bench(image_dir, codecs="jpeg,jxl", out=tmp_path / "out", progress=False)
+    assert not result.errors and "jxl" in bench.available_codecs()
+    bd = {b.codec: b for b in result.bd}
+    assert bd["jxl"].bd_rate is not None and "jxl" in result.table
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        codecs = {r["codec"] for r in csv.DictReader(f)}
+    assert codecs == {"jpeg", "jxl"}

@@ -59,6 +59,8 @@ VAECODEC_QUALITIES: tuple[float, ...] = (0, 15, 30, 45, 60, 80, 100)
 JPEG_QUALITIES: tuple[float, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
 WEBP_QUALITIES: tuple[float, ...] = JPEG_QUALITIES
 AVIF_QUALITIES: tuple[float, ...] = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90)
+#: JPEG XL quality (libjxl maps it to a Butteraugli distance: 90 is cjxl's default, d = 1).
+JXL_QUALITIES: tuple[float, ...] = JPEG_QUALITIES
 #: JPEG 2000 compression ratios against 24-bit RGB (bpp = 24 / ratio: 0.125 .. 3 bpp).
 #: Rates, not dB targets, so the sweep covers the same bpp range on every image.
 JP2_RATIOS: tuple[float, ...] = (192, 96, 64, 48, 32, 24, 16, 12, 8)
@@ -129,8 +131,31 @@ def _webp_encode(img: Image.Image, q: Setting) -> bytes:
     return _pillow_save(img, "WEBP", quality=int(round(q)), method=6)
 
 
-def _avif_encode(img: Image.Image, q: Setting) -> bytes:
-    return _pillow_save(img, "AVIF", quality=int(round(q)))
+def _avif_encode(img: Image.Image, q: Setting, subsampling: str = "4:2:0") -> bytes:
+    # 4:2:0 is what most AVIF files in the wild use (and libavif's default); 4:4:4 keeps
+    # full-resolution chroma, as vaecodec does, so both layouts are in the race.
+    return _pillow_save(img, "AVIF", quality=int(round(q)), subsampling=subsampling)
+
+
+def _jxl_plugin() -> bool:
+    """Register JPEG XL with Pillow (pillow-jxl-plugin: libjxl through Rust bindings)."""
+    try:
+        import pillow_jxl  # noqa: F401  (registers the format on import)
+    except ImportError:
+        return False
+    return True
+
+
+def _jxl_encode(img: Image.Image, q: Setting) -> bytes:
+    # effort 7 is cjxl's default; lossless_jpeg=False: the bench hands over pixels, never
+    # a JPEG to transcode.
+    _jxl_plugin()
+    return _pillow_save(img, "JXL", quality=int(round(q)), effort=7, lossless_jpeg=False)
+
+
+def _jxl_decode(data: bytes) -> Image.Image:
+    _jxl_plugin()
+    return _pillow_decode(data)
 
 
 def _jp2_encode(img: Image.Image, ratio: Setting) -> bytes:
@@ -202,7 +227,13 @@ _REGISTRY: tuple[Codec, ...] = (
     Codec("webp", WEBP_QUALITIES, _webp_encode, _pillow_decode,
           available=_pillow_has("webp"), description="Pillow/libwebp, method=6"),
     Codec("avif", AVIF_QUALITIES, _avif_encode, _pillow_decode,
-          available=_pillow_has("avif"), description="Pillow/libavif, default speed"),
+          available=_pillow_has("avif"), description="Pillow/libavif, default speed, 4:2:0"),
+    Codec("avif444", AVIF_QUALITIES, functools.partial(_avif_encode, subsampling="4:4:4"),
+          _pillow_decode, available=_pillow_has("avif"),
+          description="Pillow/libavif, default speed, 4:4:4 (full-resolution chroma)"),
+    Codec("jxl", JXL_QUALITIES, _jxl_encode, _jxl_decode, available=_jxl_plugin,
+          description="pillow-jxl-plugin/libjxl, effort 7",
+          requires="the pillow-jxl-plugin package (a dependency of vaecodec)"),
     Codec("jp2", JP2_RATIOS, _jp2_encode, _pillow_decode, available=_pillow_has("jpg_2000"),
           setting_label="ratio", description="Pillow/OpenJPEG, 9/7 wavelet, rate = 24/ratio bpp"),
 )
@@ -690,7 +721,8 @@ def _machine(jobs: int, worker_threads: int | None) -> dict[str, Any]:
         "torch_threads_per_process": torch_threads,
         "versions": {
             d: _version(d)
-            for d in ("vaecodec", "torch", "compressai", "pillow", "numpy", "pytorch_msssim")
+            for d in ("vaecodec", "torch", "compressai", "pillow", "numpy", "pytorch_msssim",
+                      "pillow-jxl-plugin")
         },
         "pillow_libraries": libs,
     }

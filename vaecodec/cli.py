@@ -365,7 +365,9 @@ def info(file: str) -> None:
 
 @main.command(epilog=EPILOG)
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--codecs", help="Comma-separated subset of: vaecodec,jpeg,png,webp,avif,jp2.")
+@click.option("--codecs", help="Comma-separated subset of: vaecodec, jpeg, png, webp, avif "
+                                "(4:2:0), avif444 (4:4:4), jxl, jp2; also vaecodec-e1..e4 "
+                                "and vaecodec-nearest.")
 @click.option("--qualities", help="vaecodec qualities to sweep, e.g. 0,25,50,75,100.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Write results.json, results.csv and rd.png here.")
