@@ -97,7 +97,7 @@ def small_model_file(path, meta_overrides=None, update=True, drop=None):
 
 
 @pytest.mark.parametrize("overrides,update,drop,words", [
-    ({"architecture": "ResNet50"}, True, None, "holds no VariableRateHyperprior"),
+    ({"architecture": "ResNet50"}, True, None, "holds no vaecodec weights"),
     ({"N": "128", "M": "192"}, True, None, "does not fit"),
     ({"N": "100000000"}, True, None, "outside 1..512"),
     ({"lambdas": "5"}, True, None, "invalid metadata"),

@@ -5,12 +5,14 @@ before anything is allocated from it, so a 20-byte file cannot ask for a 100000x
 The layout is specified byte by byte in the README ("Container format"); change both together
 and bump ``VERSION`` when old files would read differently.
 
-All integers are big-endian. Layout of version 1::
+All integers are big-endian. Layout of version 2 (version 1 is the same with a 2-byte zero
+``flags`` field at offset 6, which version 2 splits into ``latent codec`` and ``flags``)::
 
     0   4  magic            89 56 41 45  ("\\x89VAE")
-    4   1  version          1
+    4   1  version          2 (1: files of vaecodec 1.0)
     5   1  mode             0 RGB, 1 L, 2 RGBA, 3 LA
-    6   2  flags            0 (reserved)
+    6   1  latent codec     0 hyperprior (one pass), 1 checkerboard (anchors, then the rest)
+    7   1  flags            0 (reserved)
     8   8  model hash       first 8 bytes of SHA-256 of the weights file
     16  4  width            1 .. MAX_SIDE
     20  4  height           1 .. MAX_SIDE
@@ -37,7 +39,12 @@ from dataclasses import dataclass, field
 from .errors import ChecksumError, FormatError, ImageTooLargeError, UnsupportedVersionError
 
 MAGIC = b"\x89VAE"
-VERSION = 1
+VERSION = 2
+#: Every version this build reads. A hyperprior file is still written as version 1, so that
+#: vaecodec 1.0 reads what it could always read; version 2 exists for the checkerboard.
+VERSIONS = (1, 2)
+#: How y is entropy-coded, which the weights' architecture must match.
+LATENT_CODECS = ("hyperprior", "checkerboard")
 MODES = ("RGB", "L", "RGBA", "LA")
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 26          # 67 MP: bounds the decoder's memory (no tiling yet)
@@ -45,7 +52,7 @@ MAX_MODEL_ID = 64
 MAX_CHUNKS = 16
 LATENT_STRIDE = 64            # z is the image downsampled by 64 (y by 16)
 
-_FIXED = struct.Struct(">4sBBH8sIIfHHB")
+_FIXED = struct.Struct(">4sBBBB8sIIfHHB")
 MAX_U32 = 0xFFFFFFFF
 
 # Side chunk tags. A reader ignores tags it does not know, so new ones need no version bump.
@@ -67,7 +74,12 @@ class Header:
     model_hash: bytes
     z_shape: tuple[int, int]
     symbols_crc: int = 0          # the decoder's check that the range coder stayed in sync
-    version: int = VERSION
+    latent_codec: str = "hyperprior"
+    version: int = 0              # 0: the version ``latent_codec`` needs (set by ``pack``)
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            self.version = version_for(self.latent_codec)
 
     @property
     def pixels(self) -> int:
@@ -80,6 +92,11 @@ class Container:
     y_string: bytes
     z_string: bytes
     side: dict[bytes, bytes] = field(default_factory=dict)
+
+
+def version_for(latent_codec: str) -> int:
+    """The oldest format version that can hold a latent codec."""
+    return 1 if latent_codec == "hyperprior" else VERSION
 
 
 def latent_shape(width: int, height: int) -> tuple[int, int]:
@@ -110,9 +127,13 @@ def pack(c: Container) -> bytes:
                 if len(s) > MAX_U32]
     if too_long:
         raise FormatError(f"cannot write a .vae file: {too_long[0]} exceeds 4 GiB")
+    if h.latent_codec not in LATENT_CODECS:
+        raise FormatError(f"unknown latent codec {h.latent_codec!r}")
+    codec = LATENT_CODECS.index(h.latent_codec)
     parts = [
-        _FIXED.pack(MAGIC, VERSION, MODES.index(h.mode), 0, h.model_hash, h.width, h.height,
-                    h.quality, h.z_shape[0], h.z_shape[1], len(mid)),
+        _FIXED.pack(MAGIC, version_for(h.latent_codec), MODES.index(h.mode), codec, 0,
+                    h.model_hash, h.width, h.height, h.quality, h.z_shape[0], h.z_shape[1],
+                    len(mid)),
         mid,
         struct.pack(">I", len(c.y_string)), c.y_string,
         struct.pack(">I", len(c.z_string)), c.z_string,
@@ -147,13 +168,14 @@ def unpack(data: bytes) -> Container:
         raise FormatError("not a .vae file (wrong magic bytes)")
     if len(data) < 5:
         raise FormatError("truncated .vae file: no version byte")
-    if data[4] != VERSION:
+    if data[4] not in VERSIONS:
         raise UnsupportedVersionError(
-            f"unsupported .vae format version {data[4]} (this build reads version {VERSION})")
+            f"unsupported .vae format version {data[4]} (this build reads versions "
+            f"{', '.join(map(str, VERSIONS))})")
     if len(data) < _FIXED.size + 4:
         raise FormatError(f"truncated .vae file: {len(data)} bytes is shorter than a header")
     r = _Reader(data, len(data) - 4)
-    (_, version, mode, flags, model_hash, width, height, quality, zh, zw,
+    (_, version, mode, codec, flags, model_hash, width, height, quality, zh, zw,
      mid_len) = _FIXED.unpack(r.take(_FIXED.size, "header"))
     model_id = r.take(mid_len, "model id")
     y_string = r.take(r.u(">I", "y string length"), "y string")
@@ -174,6 +196,10 @@ def unpack(data: bytes) -> Container:
     # The CRC matched, so odd values below were written by a buggy or hostile encoder.
     if flags != 0 or mode >= len(MODES):
         raise FormatError(f"corrupt .vae file: unknown mode {mode} or flags {flags}")
+    # version 1 had a 2-byte zero flags field where version 2 has the latent codec
+    if codec >= len(LATENT_CODECS) or version_for(LATENT_CODECS[codec]) != version:
+        raise FormatError(f"corrupt .vae file: latent codec {codec} in a version {version} "
+                          "file")
     check_dimensions(width, height)
     if (zh, zw) != latent_shape(width, height):
         raise FormatError(f"corrupt .vae file: latent shape {zh}x{zw} does not fit "
@@ -189,7 +215,8 @@ def unpack(data: bytes) -> Container:
         raise FormatError("corrupt .vae file: a side chunk tag appears twice")
     header = Header(width=width, height=height, mode=MODES[mode], quality=quality,
                     model_id=mid, model_hash=model_hash, z_shape=(zh, zw),
-                    symbols_crc=symbols_crc, version=version)
+                    symbols_crc=symbols_crc, latent_codec=LATENT_CODECS[codec],
+                    version=version)
     return Container(header, y_string, z_string, side)
 
 

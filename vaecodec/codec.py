@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
-from .errors import DecodeMismatchError, VaecodecError, WeightsMismatchError
+from .errors import DecodeMismatchError, FormatError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
 
 
@@ -120,7 +120,7 @@ def _code_latent(a: Analysis, y: Any, quality: float, level: float, loaded: Load
     y_strings, z_strings = out["strings"]
     header = Header(width=w, height=h, mode=a.mode, quality=quality, model_id=loaded.model_id,
                     model_hash=loaded.model_hash, z_shape=tuple(out["shape"]),
-                    symbols_crc=out["symbols_crc"])
+                    symbols_crc=out["symbols_crc"], latent_codec=loaded.model.LATENT_CODEC)
     return Coded(header, y_strings[0], z_strings[0]), out["y_hat"]
 
 
@@ -228,6 +228,10 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
             f"this file was encoded with other weights ({h.model_id}, hash "
             f"{h.model_hash.hex()}); the loaded weights are {loaded.model_id} "
             f"({loaded.model_hash.hex()})")
+    if h.latent_codec != loaded.model.LATENT_CODEC:
+        raise FormatError(f"corrupt .vae file: its y is coded with the {h.latent_codec} latent "
+                          f"codec, but its weights ({h.model_id}) code with the "
+                          f"{loaded.model.LATENT_CODEC}")
     dev = _device(device)
     model = loaded.model.to(dev)
     with torch.inference_mode():

@@ -233,3 +233,83 @@ def scale_indexes(scales_int: Tensor, gain_int: list[int], thresholds: Tensor) -
     s = scales_int.long().clamp_(0, 2 ** 30) * torch.tensor(gain_int).view(1, -1, 1, 1)
     # L-1 - #{s <= T_k} = #{T_k < s}: a binary search in exact integers
     return torch.searchsorted(thresholds, s.contiguous(), side="left").int()
+
+
+class IntegerContext:
+    """The checkerboard context (context.py) evaluated exactly in integers, as h_s is.
+
+    Its inputs are already integers on the 2^-12 grid: the decoded anchors (the ungained
+    latent, rounded to the grid), h_s's integer scales and means, and the rate's step; its
+    outputs are the non-anchors' scales and means on the same grid, so the CDF indexes
+    follow by the same integer comparison as the anchors'.
+
+    Speed: only the non-anchors' outputs are needed, and at a non-anchor only the taps of
+    the context's kxk window that fall on anchors are non-zero (12 of 25 for 5 x 5). So the
+    network runs as matrix products over the non-anchor positions alone, its first layer
+    over the gathered anchor taps: a quarter of the full convolution's products, the same
+    integer sums (``reference`` is the plain convolution it must equal)."""
+
+    def __init__(self, context: nn.Module):
+        self.layer = _IntLayer(context.ctx, act=False)
+        k = context.kernel
+        r = k // 2
+        self.taps = [(dy, dx) for dy in range(k) for dx in range(k) if (dy + dx - 2 * r) % 2]
+        w = self.layer.w                                    # (C, M, k, k) integers
+        self.w_taps = torch.cat([w[:, :, dy, dx] for dy, dx in self.taps], 1).t().contiguous()
+        self.r = r
+        convs = [m for m in context.ep if isinstance(m, nn.Conv2d)]
+        self.ep = [_IntLayer(c, act=i < len(convs) - 1) for i, c in enumerate(convs)]
+        self.ep_w = [layer.w[:, :, 0, 0].t().contiguous() for layer in self.ep]
+
+    @staticmethod
+    def _finish(layer: _IntLayer, acc: Tensor) -> Tensor:
+        """A layer's rounding, activation and clamp, on rows (positions) x channels."""
+        x = torch.floor(acc * layer.down.view(1, -1) + 0.5)
+        if layer.act:
+            x = torch.where(x < 0, torch.floor(x * LEAK), x)
+        return x.clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+    def __call__(self, anchors: Tensor, scales_h: Tensor, means_h: Tensor, step: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """All arguments integer-valued float64 on the 2^-12 grid, [1, M, H, W] (``step``
+        [1, M, 1, 1]); ``anchors`` zero at the non-anchors. Returns (scales, means) with the
+        non-anchors' refined and the anchors' as h_s gave them."""
+        with torch.inference_mode():
+            _, M, H, W = anchors.shape
+            ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            sel = ((ii + jj) % 2 == 1).reshape(-1)
+            pi, pj = ii.reshape(-1)[sel], jj.reshape(-1)[sel]
+            r = self.r
+            a = F.pad(anchors[0], (r, r, r, r)).permute(1, 2, 0)          # (H+2r, W+2r, M)
+            cols = torch.cat([a[pi + dy, pj + dx] for dy, dx in self.taps], 1)
+            x = self._finish(self.layer, torch.addmm(self.layer.b, cols, self.w_taps))
+            flat = lambda t: t[0].reshape(M, -1)[:, sel].t()          # noqa: E731
+            x = torch.cat([x, flat(scales_h), flat(means_h),
+                           step[0, :, 0, 0].expand(x.shape[0], M)], 1)
+            for layer, w in zip(self.ep, self.ep_w):
+                x = self._finish(layer, torch.addmm(layer.b, x, w))
+            ds, dm = x.t().chunk(2, 0)
+            out = []
+            for base, d in ((scales_h, ds), (means_h, dm)):
+                o = base[0].reshape(M, -1).clone()
+                o[:, sel] = (o[:, sel] + d).clamp_(-ACT_LIMIT, ACT_LIMIT)
+                out.append(o.view(1, M, H, W))
+            return out[0], out[1]
+
+    def reference(self, anchors: Tensor, scales_h: Tensor, means_h: Tensor, step: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+        """The definition: the float64 convolutions over the whole grid, non-anchors kept."""
+        with torch.inference_mode():
+            x = torch.cat([self.layer(anchors), scales_h, means_h, step.expand_as(scales_h)], 1)
+            for layer in self.ep:
+                x = layer(x)
+            ds, dm = x.chunk(2, 1)
+            non = 1 - _anchor_mask(*anchors.shape[-2:]).double()
+            return ((scales_h + ds * non).clamp_(-ACT_LIMIT, ACT_LIMIT),
+                    (means_h + dm * non).clamp_(-ACT_LIMIT, ACT_LIMIT))
+
+
+def _anchor_mask(h: int, w: int) -> Tensor:
+    i = torch.arange(h)[:, None]
+    j = torch.arange(w)[None, :]
+    return ((i + j) % 2 == 0)[None, None]

@@ -35,8 +35,9 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 from ._compressai import GDN, EntropyBottleneck, GaussianConditional, conv, deconv
 
-from .intnet import (FRAC_BITS, IntegerHyperSynthesis, gains_fixed, scale_indexes,
-                     scale_thresholds)
+from .context import CheckerboardContext, anchor_mask
+from .intnet import (FRAC_BITS, IntegerContext, IntegerHyperSynthesis, gains_fixed,
+                     scale_indexes, scale_thresholds)
 from .rdoq import rd_round
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
@@ -70,6 +71,9 @@ def scale_table() -> Tensor:
 
 class VariableRateHyperprior(nn.Module):
     """Mean-scale hyperprior with gain units; see the module docstring for the dataflow."""
+
+    #: The container's name for how this model codes y (bitstream.LATENT_CODECS).
+    LATENT_CODEC = "hyperprior"
 
     def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = DEFAULT_LAMBDAS):
         super().__init__()
@@ -211,23 +215,33 @@ class VariableRateHyperprior(nn.Module):
 
     def _y_params(self, z_hat_g: Tensor, level: float, integer: bool) -> tuple[Tensor, Tensor]:
         """CDF indexes and means of the gained y, from the decoded (gained) z, on the CPU."""
+        return self._index(*self._hyper(z_hat_g, level, integer), level, integer)
+
+    def _hyper(self, z_hat_g: Tensor, level: float, integer: bool) -> tuple[Tensor, Tensor]:
+        """h_s's ungained (scales, means) of y: integers on the 2^-12 grid (float64) on the
+        integer path, floats on the float control."""
         z_hat_g = z_hat_g.cpu()
         if integer:
-            gy, gy_int = gains_fixed(self.y_log_gain, level)
             gz_inv, _ = gains_fixed(self.z_log_gain_inv, level)
             x = z_hat_g.double() * torch.tensor(gz_inv, dtype=torch.float64).view(1, -1, 1, 1)
-            c = self._cache()
-            params = tiled(c["int_h_s"], IntegerHyperSynthesis.to_grid(x), Z_TILE, HALO_HYPER,
-                           down=1, up=4)
-            scales_int, means_int = params.chunk(2, 1)
-            indexes = scale_indexes(scales_int, gy_int, c["thresholds"])
-            gyt = torch.tensor(gy, dtype=torch.float64).view(1, -1, 1, 1)
-            means_g = (means_int * 2.0 ** -FRAC_BITS * gyt).float()
-            return indexes, means_g
+            params = tiled(self._cache()["int_h_s"], IntegerHyperSynthesis.to_grid(x), Z_TILE,
+                           HALO_HYPER, down=1, up=4)
+            return params.chunk(2, 1)
         lv = torch.full((z_hat_g.size(0),), float(level))
-        gy, _, _, gz_inv = (g.cpu() for g in self.gains(lv))
-        h_s = self.h_s.cpu()
-        scales, means = h_s(z_hat_g * gz_inv).chunk(2, 1)
+        gz_inv = self.gains(lv)[3].cpu()
+        return self.h_s.cpu()(z_hat_g * gz_inv).chunk(2, 1)
+
+    def _index(self, scales: Tensor, means: Tensor, level: float, integer: bool
+               ) -> tuple[Tensor, Tensor]:
+        """Ungained (scales, means) from ``_hyper`` -> the coder's CDF indexes and the gained
+        means: an exact integer comparison on the integer path."""
+        if integer:
+            gy, gy_int = gains_fixed(self.y_log_gain, level)
+            indexes = scale_indexes(scales, gy_int, self._cache()["thresholds"])
+            gyt = torch.tensor(gy, dtype=torch.float64).view(1, -1, 1, 1)
+            return indexes, (means * 2.0 ** -FRAC_BITS * gyt).float()
+        lv = torch.full((scales.size(0),), float(level))
+        gy = self.gains(lv)[0].cpu()
         return self.gaussian_conditional.build_indexes(scales * gy), means * gy
 
     def analyze(self, x: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
@@ -347,3 +361,145 @@ def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, halo: int, down: 
 def symbols_crc(symbols: Tensor) -> int:
     """CRC32 of the symbols as little-endian int32, the same on every machine."""
     return zlib.crc32(symbols.cpu().numpy().astype("<i4").tobytes())
+
+
+class CheckerboardHyperprior(VariableRateHyperprior):
+    """vaecodec 2: the same transforms and hyperprior, with a checkerboard context for y.
+
+    He et al., "Checkerboard Context Model for Efficient Learned Image Compression" (CVPR
+    2021); see context.py for the context network and its dataflow. y is coded in two
+    passes of one rANS stream: the anchors ((row + column) even) with the hyperprior's
+    params, exactly as vaecodec 1 codes every latent, then the non-anchors with params
+    refined from the decoded anchors::
+
+        z_hat -> h_s -> (scales_h, means_h) -> anchors: Q -> [GC] -> anchors' y_hat
+                              |                                         |
+                              +------------> context <------------------+
+                                                |
+                                 non-anchors: Q -> [GC] -> y_hat -> g_s -> x_hat
+
+    Both hyper-synthesis and context run as integer networks (intnet.py) when coding.
+    """
+
+    LATENT_CODEC = "checkerboard"
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
+                 ctx: int = 128, hidden: int = 256, kernel: int = 5):
+        super().__init__(N, M, lambdas)
+        self.context = CheckerboardContext(M, ctx, hidden, kernel)
+
+    def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
+        """Joint training pass: as the parent's, with the non-anchors' likelihoods from the
+        context, which sees the anchors as the decoder will (rounded around their means)."""
+        gy, gy_inv, gz, gz_inv = self.gains(level)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            y = self.g_a(x)
+        y = y.float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * gz)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            params = self.h_s(z_hat * gz_inv)
+        scales_h, means_h = params.float().chunk(2, 1)
+        mask = anchor_mask(*y.shape[-2:], device=y.device)
+        y_g = y * gy
+        y_hat_g = y_g + (torch.round(y_g - means_h * gy) + means_h * gy - y_g).detach()
+        scales_c, means_c = self.context(y_hat_g * gy_inv * mask, scales_h, means_h, gy_inv)
+        scales = scales_h * mask + scales_c * (1 - mask)
+        means = means_h * mask + means_c * (1 - mask)
+        _, y_likelihoods = self.gaussian_conditional(y_g, scales * gy, means=means * gy)
+        y_hat_g = y_g + (torch.round(y_g - means * gy) + means * gy - y_g).detach()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            x_hat = self.g_s(y_hat_g * gy_inv)
+        return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def _cache(self) -> dict[str, Any]:
+        cache = super()._cache()
+        if "int_context" not in cache:
+            cache["int_context"] = IntegerContext(self.context)
+        return cache
+
+    def _context(self, anchors: Tensor, scales_h: Tensor, means_h: Tensor, level: float,
+                 integer: bool) -> tuple[Tensor, Tensor]:
+        """The non-anchors' ungained (scales, means) from the decoded ungained anchors
+        (zero elsewhere): integers on the 2^-12 grid on the integer path, in tiles (exact,
+        so the tiles give the whole-image result to the bit)."""
+        M = self.M
+        if integer:
+            gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
+            step = IntegerHyperSynthesis.to_grid(torch.tensor(gy_inv).view(1, -1, 1, 1))
+            f = self._cache()["int_context"]
+            # the context reaches kernel // 2 latents; an even halo (and TILE) keeps every
+            # tile's checkerboard in phase with the whole grid's
+            halo = 2 * -(-(self.context.kernel // 2) // 2)
+            a = IntegerHyperSynthesis.to_grid(anchors)
+            both = tiled(lambda t: torch.cat(f(t[:, :M], t[:, M:2 * M], t[:, 2 * M:], step), 1),
+                         torch.cat([a, scales_h, means_h], 1), TILE, halo, down=1, up=1)
+            return both.chunk(2, 1)
+        lv = torch.full((anchors.size(0),), float(level))
+        step = self.gains(lv)[1].cpu()
+        return self.context.cpu()(anchors.float(), scales_h.float(), means_h.float(), step)
+
+    def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
+                        rdoq: bool = True) -> dict[str, Any]:
+        from compressai.ans import BufferedRansEncoder
+
+        lv = torch.full((z.size(0),), float(level), device=z.device)
+        z = z * self.gains(lv)[2]
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales_h, means_h = self._hyper(z_hat_g, level, integer)
+        idx_h, mu_h = self._index(scales_h, means_h, level, integer)
+        gy, _ = gains_fixed(self.y_log_gain, level)
+        y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
+        mask = anchor_mask(*y.shape[-2:]).bool().expand_as(y_g)
+        sym = self._round(y_g - mu_h, idx_h, level, rdoq)
+        anchors = self._ungain(sym, mu_h, level) * mask
+        idx_c, mu_c = self._index(*self._context(anchors, scales_h, means_h, level, integer),
+                                  level, integer)
+        sym = torch.where(mask, sym, self._round(y_g - mu_c, idx_c, level, rdoq))
+        indexes, means_g = torch.where(mask, idx_h, idx_c), torch.where(mask, mu_h, mu_c)
+        c = self._cache()
+        enc = BufferedRansEncoder()
+        for part in (mask, ~mask):
+            enc.encode_with_indexes(sym[part].tolist(), indexes[part].tolist(), c["cdf"],
+                                    c["cdf_length"], c["offset"])
+        return {"strings": [[enc.flush()], z_strings], "shape": tuple(z.shape[-2:]),
+                "symbols_crc": symbols_crc(sym), "y_hat": self._ungain(sym, means_g, level)}
+
+    def _round(self, r: Tensor, indexes: Tensor, level: float, rdoq: bool) -> Tensor:
+        if not rdoq:
+            return torch.round(r).int()
+        gc = self.gaussian_conditional
+        return rd_round(r, gc.scale_table.cpu()[indexes.long()], self.lambda_for(level), gc)
+
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
+                   integer: bool = True, device: torch.device | None = None,
+                   synthesis: Any = None) -> tuple[Tensor, int]:
+        import contextlib
+
+        import numpy as np
+        from compressai.ans import RansDecoder
+
+        z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        scales_h, means_h = self._hyper(z_hat_g, level, integer)
+        idx_h, mu_h = self._index(scales_h, means_h, level, integer)
+        mask = anchor_mask(*idx_h.shape[-2:]).bool().expand_as(idx_h)
+        c = self._cache()
+        dec = RansDecoder()
+        dec.set_stream(strings[0][0])
+
+        def decode(indexes: Tensor) -> Tensor:
+            out = dec.decode_stream(indexes.tolist(), c["cdf"], c["cdf_length"], c["offset"])
+            return torch.from_numpy(np.asarray(out, dtype=np.int32))
+
+        sym = torch.zeros(idx_h.shape, dtype=torch.int32)
+        sym[mask] = decode(idx_h[mask])
+        anchors = self._ungain(sym, mu_h, level) * mask
+        idx_c, mu_c = self._index(*self._context(anchors, scales_h, means_h, level, integer),
+                                  level, integer)
+        sym[~mask] = decode(idx_c[~mask])
+        y_hat = self._ungain(sym, torch.where(mask, mu_h, mu_c), level)
+        with synthesis or contextlib.nullcontext():
+            x_hat = self.synthesize(y_hat, device)
+        return x_hat.float(), symbols_crc(sym)

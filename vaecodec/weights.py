@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 
 DEFAULT_WEIGHTS = "vaecodec-hyperprior-vr.safetensors"
 ARCHITECTURE = "VariableRateHyperprior"
+#: Architectures a weights file may name (its ``architecture`` metadata), each a model class
+#: in model.py; the checkerboard's context sizes are read from the metadata too.
+ARCHITECTURES = ("VariableRateHyperprior", "CheckerboardHyperprior")
+CONTEXT_KEYS = ("ctx", "hidden", "kernel")
+MAX_KERNEL = 7
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 MAX_CHANNELS = 512      # bounds N and M read from a file before a model is built from them
 MAX_LEVELS = 64
@@ -139,23 +144,23 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 @lru_cache(maxsize=4)
 def _load_cached(path: str, mtime_ns: int, fast: bool = True) -> LoadedModel:
-    from . import fastpath
-    from .model import VariableRateHyperprior
+    from . import fastpath, model as models
 
     meta = read_metadata(path)
-    if meta.get("architecture") != ARCHITECTURE:
-        raise WeightsError(f"{path} holds no {ARCHITECTURE} weights "
-                           f"(architecture: {meta.get('architecture', 'unknown')})")
+    arch = meta.get("architecture")
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"{path} holds no vaecodec weights "
+                           f"(architecture: {arch or 'unknown'})")
     N, M, lambdas = _architecture(path, meta)
     state = load_state(path)
     _check_shapes(path, state, N, M, len(lambdas))
-    model = VariableRateHyperprior(N=N, M=M, lambdas=lambdas)
+    model = getattr(models, arch)(N=N, M=M, lambdas=lambdas, **_context_sizes(path, meta, arch))
     _resize_cdf_buffers(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise WeightsError(f"{path} does not fit the {ARCHITECTURE} architecture: {first}"
+        raise WeightsError(f"{path} does not fit the {arch} architecture: {first}"
                            ) from None
     if model.gaussian_conditional._quantized_cdf.numel() == 0:
         raise WeightsError(f"{path} has no CDF tables: export it with `vaecodec export`")
@@ -197,6 +202,20 @@ def _architecture(path: str, meta: dict[str, str]) -> tuple[int, int, tuple[floa
     return N, M, lambdas
 
 
+def _context_sizes(path: str, meta: dict[str, str], arch: str) -> dict[str, int]:
+    """The checkerboard context's sizes, bounded like N and M."""
+    if arch != "CheckerboardHyperprior":
+        return {}
+    try:
+        sizes = {k: int(meta[k]) for k in CONTEXT_KEYS}
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{path}: incomplete or invalid metadata ({e})") from None
+    if not (1 <= sizes["ctx"] <= MAX_CHANNELS and 1 <= sizes["hidden"] <= MAX_CHANNELS
+            and sizes["kernel"] in range(1, MAX_KERNEL + 1, 2)):
+        raise WeightsError(f"{path}: context sizes {sizes} out of range")
+    return sizes
+
+
 def _check_shapes(path: str, state: dict, N: int, M: int, levels: int) -> None:
     """The metadata must describe the tensors: a file whose N or M disagrees with its own
     tensors is refused before a model of that size is built. A name missing here is left
@@ -236,8 +255,12 @@ def export(model: "VariableRateHyperprior", out: str | os.PathLike, model_id: st
     for k, v in model.state_dict().items():
         v = v.detach().contiguous()
         state[k] = v.half() if k in params and _stored_half(k, v) else v
-    meta = {"architecture": ARCHITECTURE, "model_id": model_id, "N": str(model.N),
+    meta = {"architecture": type(model).__name__, "model_id": model_id, "N": str(model.N),
             "M": str(model.M), "lambdas": json.dumps([float(x) for x in model.lambdas])}
+    context = getattr(model, "context", None)
+    if context is not None:
+        meta.update(ctx=str(context.ctx.out_channels), hidden=str(context.ep[0].out_channels),
+                    kernel=str(context.kernel))
     meta.update(extra or {})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,4 +276,5 @@ def _stored_half(name: str, t: "torch.Tensor") -> bool:
     buffers (2^-36 underflows in half precision) stay float32."""
     import torch
 
-    return t.dtype == torch.float32 and name.split(".")[0] in ("g_a", "g_s", "h_a", "h_s")
+    return t.dtype == torch.float32 and name.split(".")[0] in ("g_a", "g_s", "h_a", "h_s",
+                                                               "context")
