@@ -127,7 +127,7 @@ for _name in _LIGHT_PACKAGES:
     _register_light(_name)
 
 _entropy_models = _import_entropy_models()
-from compressai.ans import RansDecoder, RansEncoder  # noqa: E402
+from compressai.ans import BufferedRansEncoder, RansDecoder, RansEncoder  # noqa: E402
 from compressai.layers import GDN  # noqa: E402
 from compressai.models.utils import conv, deconv  # noqa: E402
 from compressai.ops import LowerBound  # noqa: E402
@@ -135,5 +135,5 @@ from compressai.ops import LowerBound  # noqa: E402
 EntropyBottleneck = _entropy_models.EntropyBottleneck
 GaussianConditional = _entropy_models.GaussianConditional
 
-__all__ = ["EntropyBottleneck", "GaussianConditional", "GDN", "LowerBound", "RansDecoder",
+__all__ = ["BufferedRansEncoder", "EntropyBottleneck", "GaussianConditional", "GDN", "LowerBound", "RansDecoder",
            "RansEncoder", "conv", "deconv"]

@@ -442,7 +442,7 @@ class CheckerboardHyperprior(VariableRateHyperprior):
 
     def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
                         rdoq: bool = True) -> dict[str, Any]:
-        from compressai.ans import BufferedRansEncoder
+        from ._compressai import BufferedRansEncoder
 
         lv = torch.full((z.size(0),), float(level), device=z.device)
         z = z * self.gains(lv)[2]
@@ -479,7 +479,7 @@ class CheckerboardHyperprior(VariableRateHyperprior):
         import contextlib
 
         import numpy as np
-        from compressai.ans import RansDecoder
+        from ._compressai import RansDecoder
 
         z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
         scales_h, means_h = self._hyper(z_hat_g, level, integer)

@@ -99,7 +99,7 @@ def prior(model: VariableRateHyperprior, y: Tensor, level: Tensor) -> Prior:
 
 def context_bits(ctx: CheckerboardContext, p: Prior, noise: bool) -> tuple[Tensor, Tensor]:
     """Bits per image of the anchors and of the non-anchors (with the context)."""
-    from compressai.ops import LowerBound
+    from ._compressai import LowerBound
 
     bound = LowerBound(SCALE_BOUND)
     mask = anchor_mask(*p.y_g.shape[-2:], device=p.y_g.device)
