@@ -12,8 +12,9 @@ Torch is imported only when a model is needed, so ``vaecodec --help`` and ``info
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from .errors import VaecodecError
 
@@ -34,7 +35,7 @@ def encode(image: "Image.Image", quality: float | None = None, *,
            size: int | None = None, bpp: float | None = None, psnr: float | None = None,
            model: str | os.PathLike | None = None, device: str | None = None,
            keep_metadata: bool = False, fast: bool = False, effort: int = 0,
-           rdoq: bool = True) -> bytes:
+           rdoq: bool = True, frame: int | None = None, threads: int | None = None) -> bytes:
     """Compress a Pillow image to the bytes of a ``.vae`` file.
 
     ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest), default 75.
@@ -53,7 +54,23 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     ``rdoq`` (default) rounds the latent where it saves more bits than it costs in
     distortion (rdoq.py: ~1-3% less rate-distortion cost at low rates, a few ms); False
     rounds to nearest, as CompressAI does (bit-for-bit comparisons with it).
+
+    The pixels are coded upright: an EXIF Orientation is applied (as
+    ``ImageOps.exif_transpose`` does) and reset to 1 in the EXIF and XMP kept. An animation
+    or a multi-page file is refused (``InputImageError`` naming its frame count) unless
+    ``frame`` (0-based) picks one: a .vae file holds one image, and coding the first frame
+    of a GIF without a word would lose the rest. ``threads`` is the number of CPU threads
+    for this call (default: torch's, one per core).
     """
+    with _threads(threads):
+        return _encode(image, quality, size, bpp, psnr, model, device, keep_metadata, fast,
+                       effort, rdoq, frame)
+
+
+def _encode(image: "Image.Image", quality: float | None, size: int | None,
+            bpp: float | None, psnr: float | None, model: str | os.PathLike | None,
+            device: str | None, keep_metadata: bool, fast: bool, effort: int, rdoq: bool,
+            frame: int | None) -> bytes:
     from . import bitstream, codec, image as image_io, ratecontrol, weights
 
     codec._check_effort(effort)
@@ -61,6 +78,10 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     if len(targets) + (quality is not None) > 1:
         raise VaecodecError("give one of quality, size, bpp and psnr, not "
                             + " and ".join(["quality"] * (quality is not None) + list(targets)))
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int)
+                              or frame < 0):
+        raise VaecodecError(f"frame must be a frame number from 0, got {frame!r}")
+    image = image_io.prepare(image, frame)
     planes = image_io.split(image)
     loaded = weights.load(model)
     side = {ALPHA_TAG: image_io.pack_alpha(planes.alpha)} if planes.alpha is not None else {}
@@ -91,7 +112,8 @@ def encode(image: "Image.Image", quality: float | None = None, *,
 
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,
-           device: str | None = None, fast: bool = False) -> "Image.Image":
+           device: str | None = None, fast: bool = False,
+           threads: int | None = None) -> "Image.Image":
     """Decompress the bytes of a ``.vae`` file into an image of its original size and mode.
 
     Without ``model`` the weights are found by the hash the file records, among the
@@ -99,7 +121,14 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
     "exif", "xmp"). Side chunks this version does not know are ignored. ``fast=True`` runs
     the synthesis transform in bfloat16 (like djpeg's ``-dct fast``): faster, pixels within
     about a level of the exact decode (-0.005 dB at quality 50, -0.04 dB at 90 on Kodak).
+    ``threads``: CPU threads for this call (default: torch's, one per core).
     """
+    with _threads(threads):
+        return _decode(data, model, device, fast)
+
+
+def _decode(data: bytes, model: str | os.PathLike | None, device: str | None,
+            fast: bool) -> "Image.Image":
     from . import bitstream, codec, image as image_io
 
     c = bitstream.unpack(data)
@@ -116,6 +145,27 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
     im = image_io.merge(rgb, alpha, h.mode)
     im.info.update(info)
     return im
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's thread count for one call, then back: a library call must not leave the
+    process's thread pool changed (the CLI's --threads and -j workers use it)."""
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise VaecodecError(f"threads must be a whole number of at least 1, got {n!r}")
+    import torch
+
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
 
 
 def read_header(data: bytes) -> "Header":

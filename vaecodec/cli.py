@@ -1,32 +1,42 @@
 """The ``vaecodec`` command: one short function per subcommand over the Python API.
 
 Errors a user can cause become one line on stderr and exit code 1 (Click's usage errors: 2);
-outputs are written atomically, so a failure or Ctrl-C never leaves a partial file.
+outputs are written atomically, so a failure or Ctrl-C never leaves a partial file. The work
+on files (read, code through the API, write) lives in batch.py, which also runs a batch in
+worker processes; this module parses options and prints.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 import click
 
 from . import DEFAULT_QUALITY, VaecodecError, __version__
+from .batch import EXPECTED_ERRORS, DecodeTask, Done, EncodeTask, Job, Task, describe
+from .batch import run as run_jobs
 
 EPILOG = """\b
 Examples:
   vaecodec encode photo.png -o photo.vae -q 60
   vaecodec decode photo.vae -o photo.png
-  vaecodec encode shots/*.jpg -o vae/ -q 50 --keep-metadata
+  vaecodec decode photo.vae -o photo.tif
+  vaecodec encode shots/*.jpg -o vae/ -q 50 --keep-metadata -j 2
+  vaecodec encode anim.gif --frame 0
   vaecodec decode vae/ -o png/
-  vaecodec info photo.vae
+  vaecodec info photo.vae --json
   cat photo.png | vaecodec encode - -o - > photo.vae
   vaecodec bench kodak/ --out results/
   vaecodec train photos/ --out ckpt.pt --minutes 120 --init-from models/vaecodec-hyperprior-vr.safetensors
   vaecodec export ckpt.pt models/vaecodec-hyperprior-vr.safetensors
 """
+
+#: --format choices -> Pillow format names (image.OUTPUT_FORMATS has the extensions).
+FORMATS = {"png": "PNG", "tif": "TIFF", "tiff": "TIFF", "bmp": "BMP", "ppm": "PPM",
+           "webp": "WEBP"}
 
 
 class ByteSize(click.ParamType):
@@ -56,25 +66,6 @@ def _fail(msg: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-#: What a bad input file can raise; anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (VaecodecError, OSError, MemoryError)
-
-
-def describe(e: BaseException) -> str:
-    """One line a person understands, for an exception in ``EXPECTED_ERRORS``."""
-    if isinstance(e, VaecodecError):
-        return str(e)
-    if isinstance(e, FileNotFoundError):
-        return f"no such file or directory: {e.filename}"
-    if isinstance(e, IsADirectoryError):
-        return f"is a directory: {e.filename}"
-    if isinstance(e, PermissionError):
-        return f"permission denied: {e.filename}"
-    if isinstance(e, MemoryError):
-        return "out of memory"
-    return getattr(e, "strerror", None) or str(e)
-
-
 def friendly_errors(f):
     """Map every expected failure to one line on stderr: no traceback for a bad file."""
 
@@ -96,24 +87,6 @@ def friendly_errors(f):
     return wrapper
 
 
-def _read_input(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    return Path(path).read_bytes()
-
-
-def _write_output(path: str, data: bytes) -> None:
-    from .image import write_atomic
-
-    if path == "-":
-        if sys.stdout.isatty():
-            raise VaecodecError("refusing to write binary data to a terminal; use -o FILE")
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        write_atomic(path, data)
-
-
 def _default_output(inp: str, suffix: str) -> str:
     return "-" if inp == "-" else str(Path(inp).with_suffix(suffix))
 
@@ -121,6 +94,15 @@ def _default_output(inp: str, suffix: str) -> str:
 def _report(msg: str, output: str, quiet: bool) -> None:
     if not quiet:
         click.echo(msg, err=output == "-")
+
+
+#: Options that encode and decode share.
+_threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), metavar="N",
+    help="CPU threads [default: one per core; with -j, the cores shared out].")
+_jobs_option = click.option(
+    "-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Files coded at once, each worker process with its own model (batches only).")
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,6 +130,9 @@ def main() -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--keep-metadata", is_flag=True,
               help="Also keep EXIF and XMP (the ICC colour profile is always kept).")
+@click.option("--frame", type=click.IntRange(min=0), metavar="N",
+              help="The frame (0-based) of an animation or page of a multi-page file to "
+                   "code; without it such a file is refused, never cut to its first frame.")
 @click.option("--fast", is_flag=True,
               help="Analysis transform in bfloat16: ~1.7x faster, ~0.1% more bits.")
 @click.option("-e", "--effort", type=click.IntRange(0, 4), default=0, show_default=True,
@@ -157,62 +142,31 @@ def main() -> None:
 @click.option("--rdoq/--no-rdoq", default=True, show_default=True,
               help="Rate-distortion optimised rounding of the latent (like mozjpeg's trellis "
                    "quantisation; --no-rdoq rounds to nearest, as CompressAI does).")
+@_threads_option
+@_jobs_option
 @click.option("--print-psnr", is_flag=True, help="Decode the result and print its PSNR.")
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
 def encode(inputs: tuple[str, ...], output: str | None, quality: float | None, size: int | None,
            target_bpp: float | None, target_psnr: float | None, model: str | None,
-           device: str, keep_metadata: bool, fast: bool, effort: int, rdoq: bool,
-           print_psnr: bool, quiet: bool) -> None:
+           device: str, keep_metadata: bool, frame: int | None, fast: bool, effort: int,
+           rdoq: bool, threads: int | None, jobs: int, print_psnr: bool, quiet: bool) -> None:
     """Compress images (PNG, JPEG, anything Pillow reads) to .vae files.
 
-    IN may be several files or directories (their images, not recursive): each gives one
-    .vae file, next to it or in the directory -o; a bad file is reported and skipped, and
-    the exit code is 1 if any failed. With --size, --target-bpp or --target-psnr the
-    quality is searched for each image (the analysis transform runs once) and reported."""
+    The pixels are coded upright (the EXIF orientation applied). IN may be several files or
+    directories (their images, not recursive): each gives one .vae file, next to it or in
+    the directory -o; a bad file is reported and skipped, and the exit code is 1 if any
+    failed. With --size, --target-bpp or --target-psnr the quality is searched for each
+    image (the analysis transform runs once) and reported."""
     given = [n for n, v in (("-q", quality), ("--size", size), ("--target-bpp", target_bpp),
                             ("--target-psnr", target_psnr)) if v is not None]
     if len(given) > 1:
         raise click.UsageError(f"{' and '.join(given)} are alternatives: give one")
-    target = {"size": size, "bpp": target_bpp, "psnr": target_psnr}
-    target = {k: v for k, v in target.items() if v is not None}
-
-    def one(inp: str, out: str) -> str:
-        return _encode_one(inp, out, quality, target, model, device, keep_metadata, fast,
-                           effort, rdoq, print_psnr)
-
-    _run(_plan(inputs, output, ".vae", _is_image_name), one, quiet, "encoded")
-
-
-def _encode_one(input: str, output: str, quality: float | None, target: dict,
-                model: str | None, device: str, keep_metadata: bool, fast: bool, effort: int,
-                rdoq: bool, print_psnr: bool) -> str:
-    import vaecodec
-    from .image import read_image
-
-    im = read_image(_read_input(input) if input == "-" else input)
-    data = vaecodec.encode(im, quality, model=model, device=device,
-                           keep_metadata=keep_metadata, fast=fast, effort=effort, rdoq=rdoq,
-                           **target)
-    _write_output(output, data)
-    w, h = im.size
-    chosen = vaecodec.read_header(data).quality
-    how = "".join(f" (chosen for --{'size' if k == 'size' else 'target-' + k} {v:g})"
-                  for k, v in target.items())
-    msg = (f"{input} -> {output}: {w}x{h} {im.mode}, {len(data)} bytes, "
-           f"{8 * len(data) / (w * h):.4f} bpp, quality {chosen:.4g}{how}")
-    if print_psnr:
-        msg += f", PSNR {_psnr(im, vaecodec.decode(data, model=model, device=device)):.2f} dB"
-    return msg
-
-
-@dataclass
-class Job:
-    """One input and its output; ``problem`` is why it cannot even be tried."""
-
-    input: str
-    output: str
-    problem: str | None = None
+    target = tuple((k, v) for k, v in (("size", size), ("bpp", target_bpp),
+                                       ("psnr", target_psnr)) if v is not None)
+    task = EncodeTask(quality, target, model, device, keep_metadata, fast, effort, rdoq,
+                      print_psnr, frame, threads)
+    _run(_plan(inputs, output, ".vae", _is_image_name), task, quiet, "encoded", jobs)
 
 
 def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, wanted
@@ -272,80 +226,132 @@ def _is_vae_name(p: Path) -> bool:
     return p.suffix.lower() == ".vae"
 
 
-def _run(plan: tuple[list[Job], bool], one, quiet: bool, verb: str) -> None:
+def _run(plan: tuple[list[Job], bool], task: Task, quiet: bool, verb: str,
+         workers: int = 1) -> None:
     """Run every job; a failure is one line on stderr and the next file goes on. A single
-    file fails exactly as before (its error, exit 1); Ctrl-C stops the whole batch."""
+    file fails exactly as before (its error, exit 1); Ctrl-C stops the whole batch. A batch
+    shows a progress bar on a terminal's stderr and ends with a summary line."""
     jobs, batch = plan
     if not batch:
-        _report(one(jobs[0].input, jobs[0].output), jobs[0].output, quiet)
+        _report(task(jobs[0].input, jobs[0].output).message, jobs[0].output, quiet)
         return
+    start = time.perf_counter()
+    bar = _progress_bar(len(jobs), verb, quiet)
+    done: list[Done] = []
     failed = 0
-    for job in jobs:
-        try:
-            if job.problem:
-                raise VaecodecError(job.problem)
-            _report(one(job.input, job.output), job.output, quiet)
-        except EXPECTED_ERRORS as e:
-            failed += 1
-            msg = describe(e)
-            prefix = "" if job.input in msg else f"{job.input}: "
-            click.echo(f"vaecodec: error: {prefix}{msg}", err=True)
-    _report(f"{len(jobs) - failed} of {len(jobs)} files {verb}"
-            + (f", {failed} failed" if failed else ""), "", quiet)
+
+    def say(msg: str, err: bool) -> None:
+        if bar is None:
+            click.echo(msg, err=err)
+            return
+        with bar.external_write_mode(file=sys.stderr if err else sys.stdout):
+            click.echo(msg, err=err)
+
+    try:
+        for job, outcome in run_jobs(task, jobs, workers):
+            if isinstance(outcome, Done):
+                done.append(outcome)
+                if not quiet:
+                    say(outcome.message, False)
+            else:
+                failed += 1
+                say(f"vaecodec: error: {outcome}", True)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = f"{len(done)} of {len(jobs)} files {verb}" + (f", {failed} failed" if failed else "")
+    if done:
+        mean_bpp = sum(8 * d.vae_bytes / d.pixels for d in done) / len(done)
+        summary += (f"; {sum(d.vae_bytes for d in done)} bytes of .vae, "
+                    f"mean {mean_bpp:.4f} bpp")
+    _report(f"{summary}; {time.perf_counter() - start:.1f} s", "", quiet)
     if failed:
         sys.exit(1)
 
 
-def _psnr(a, b) -> float:
-    import numpy as np
+def _progress_bar(total: int, verb: str, quiet: bool):
+    """tqdm on stderr, only where a person watches it (not with --quiet, not into a file or
+    a pipe); it disappears when done, leaving the summary line."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
 
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+    return tqdm(total=total, desc=verb.replace("ed", "ing"), unit="file", file=sys.stderr,
+                leave=False, dynamic_ncols=True)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output",
-              help="Output PNG ('-' = stdout); a directory when several inputs or a directory "
-                   "are given. Default: IN with .png.")
+              help="Output image ('-' = stdout): .png, .tif, .bmp, .ppm or .webp (lossless) "
+                   "by its extension; a directory when several inputs or a directory are "
+                   "given. Default: IN with .png.")
+@click.option("-f", "--format", "fmt", type=click.Choice(sorted(FORMATS), case_sensitive=False),
+              help="Format of outputs named without an extension: the default names, a "
+                   "directory's files, stdout. [default: png]")
 @click.option("--model", type=click.Path(dir_okay=False),
               help="Weights file (default: the installed weights the file names by hash).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--fast", is_flag=True,
               help="Synthesis transform in bfloat16 (like djpeg -dct fast): ~1.7x faster, "
                    "pixels within about a level of the exact decode.")
+@_threads_option
+@_jobs_option
 @click.option("--quiet", is_flag=True, help="Print nothing on success.")
 @friendly_errors
-def decode(inputs: tuple[str, ...], output: str | None, model: str | None, device: str,
-           fast: bool, quiet: bool) -> None:
-    """Decompress .vae files to PNG (with the ICC profile, EXIF and XMP they carry).
+def decode(inputs: tuple[str, ...], output: str | None, fmt: str | None, model: str | None,
+           device: str, fast: bool, threads: int | None, jobs: int, quiet: bool) -> None:
+    """Decompress .vae files to PNG, TIFF, BMP, PPM or lossless WebP (with the ICC profile,
+    EXIF and XMP they carry, where the format holds them).
 
-    IN may be several files or directories (their .vae files): as for encode, one PNG each,
-    a bad file is reported and skipped, and the exit code is 1 if any failed."""
+    IN may be several files or directories (their .vae files): as for encode, one image
+    each, a bad file is reported and skipped, and the exit code is 1 if any failed."""
+    from .image import FORMAT_SUFFIX, output_format
 
-    def one(inp: str, out: str) -> str:
-        import vaecodec
-        from .image import png_bytes
-
-        im = vaecodec.decode(_read_input(inp), model=model, device=device, fast=fast)
-        _write_output(out, png_bytes(im))
-        return f"{inp} -> {out}: {im.size[0]}x{im.size[1]} {im.mode}"
-
-    _run(_plan(inputs, output, ".png", _is_vae_name), one, quiet, "decoded")
+    default = FORMATS[fmt.lower()] if fmt else "PNG"
+    plan = _plan(inputs, output, FORMAT_SUFFIX[default], _is_vae_name)
+    if not plan[1] and fmt and Path(plan[0][0].output).suffix:
+        named = output_format(plan[0][0].output)
+        if named != default:
+            raise click.UsageError(f"-o {plan[0][0].output} names {named} but --format is "
+                                   f"{fmt}: give one")
+    for job in plan[0]:
+        output_format(job.output, default)    # an unknown extension fails before any work
+    _run(plan, DecodeTask(model, device, fast, default, threads), quiet, "decoded", jobs)
 
 
 @main.command(epilog=EPILOG)
 @click.argument("file", metavar="FILE.vae")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object (header fields, sizes, bpp) for scripts.")
 @friendly_errors
-def info(file: str) -> None:
+def info(file: str, as_json: bool) -> None:
     """Print a .vae file's header (validates it, decodes nothing)."""
+    from dataclasses import fields
+
+    from .batch import read_input
     from .bitstream import unpack
 
-    data = _read_input(file)
+    data = read_input(file)
     c = unpack(data)
     h = c.header
+    side = {tag.decode("latin-1"): len(v) for tag, v in c.side.items()}
+    if as_json:
+        import json
+
+        doc = {"file": file}
+        for f in fields(h):
+            v = getattr(h, f.name)
+            doc[f.name] = v.hex() if isinstance(v, bytes) else list(v) if isinstance(
+                v, tuple) else v
+        doc.update({"y_shape": [4 * h.z_shape[0], 4 * h.z_shape[1]], "bytes": len(data),
+                    "y_bytes": len(c.y_string), "z_bytes": len(c.z_string),
+                    "side_bytes": sum(side.values()), "side": side,
+                    "bpp": 8 * len(data) / h.pixels})
+        click.echo(json.dumps(doc))
+        return
     rows = [
         ("format version", str(h.version)),
         ("size", f"{h.width}x{h.height}"),
@@ -354,11 +360,11 @@ def info(file: str) -> None:
         ("model", f"{h.model_id} ({h.model_hash.hex()})"),
         ("latent z", f"{h.z_shape[0]}x{h.z_shape[1]} (y {4 * h.z_shape[0]}x{4 * h.z_shape[1]})"),
         ("bytes", f"{len(data)} (y {len(c.y_string)}, z {len(c.z_string)}, "
-                  f"side {sum(len(v) for v in c.side.values())})"),
+                  f"side {sum(side.values())})"),
         ("bpp", f"{8 * len(data) / h.pixels:.4f}"),
     ]
-    for tag, v in c.side.items():
-        rows.append((f"side {tag.decode('latin-1')}", f"{len(v)} bytes"))
+    for tag, n in side.items():
+        rows.append((f"side {tag}", f"{n} bytes"))
     for k, v in rows:
         click.echo(f"{k + ':':16}{v}")
 
@@ -443,10 +449,58 @@ def train(data_dir: str, out: str, resume: str | None, init_from: str | None, st
         raise VaecodecError(str(e)) from None
 
 
+@main.command("fit-context", epilog=EPILOG)
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--weights", "weights_file", required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Hyperprior weights (.safetensors) whose transforms stay frozen.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="The checkerboard weights file to write (.safetensors).")
+@click.option("--minutes", type=float, default=60.0, show_default=True)
+@click.option("--cache", type=click.Path(dir_okay=False),
+              help="Latents of DATA_DIR under --weights: read if it exists, else made and kept.")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--batch-size", type=int, default=24, show_default=True)
+@click.option("--threads", type=int, default=0, help="Torch threads (0: all cores).")
+@click.option("--log", help="Append the progress lines here.")
+@friendly_errors
+def fit_context(data_dir: str, weights_file: str, out: str, minutes: float,
+                cache: str | None, lr: float, batch_size: int, threads: int,
+                log: str | None) -> None:
+    """Fit the checkerboard context of vaecodec 2 on cached latents, transforms frozen.
+
+    The first stage of training the checkerboard model, and a cheap one: the photos go
+    through the analysis transform once, then only the context network learns. The weights
+    kept are those with the fewest bits on held-out photos; joint training of the whole
+    model continues from OUT with `vaecodec train --init-from OUT`.
+    """
+    from .train_context import ContextTrainConfig, assemble, train_context
+    from .weights import export as write
+
+    cfg = ContextTrainConfig(data=data_dir, weights=weights_file, out=out + ".ctx.pt",
+                             cache=cache, minutes=minutes, lr=lr, batch=batch_size,
+                             threads=threads, log=log)
+    try:
+        r = train_context(cfg)
+    except ValueError as e:
+        raise VaecodecError(str(e)) from None
+    model = assemble(weights_file, r["state"], r["config"])
+    from .weights import file_hash, read_metadata
+
+    meta = read_metadata(weights_file)
+    h = write(model, out, "vaecodec-checkerboard-vr",
+              {"steps": meta.get("steps", "0"), "train_hours": meta.get("train_hours", "0"),
+               "transforms_from": file_hash(weights_file).hex(),
+               "context_steps": str(r["steps"]), "context_hours": f"{r['minutes'] / 60:.2f}"})
+    click.echo(f"{r['steps']} steps; held-out bits {100 * r['held_out']:+.2f}% -> {out} "
+               f"(hash {h.hex()})")
+
+
 @main.command(epilog=EPILOG)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model-id", default="vaecodec-hyperprior-vr", show_default=True)
+@click.option("--model-id", help="Default: vaecodec-hyperprior-vr or vaecodec-checkerboard-vr, "
+              "by architecture.")
 @click.option("--no-ema", is_flag=True, help="Export the raw weights, not their moving average.")
 @friendly_errors
 def export(checkpoint: str, output: str, model_id: str, no_ema: bool) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -23,13 +25,21 @@ import numpy as np
 from PIL import Image
 
 from .bitstream import TAG_EXIF, TAG_ICC, TAG_XMP
-from .errors import FormatError, InputImageError
+from .errors import FormatError, InputImageError, VaecodecError
 
 MAX_METADATA = 16 << 20        # inflated ICC / XMP size a decoder accepts (16 MiB)
 _ICC_SPACE = {"RGB": b"RGB ", "RGBA": b"RGB ", "L": b"GRAY", "LA": b"GRAY"}
 _EXIF_PREFIX = b"Exif\x00\x00"
 _TIFF_HEADERS = (b"II*\x00", b"MM\x00*")
 _XMP_KEY = "XML:com.adobe.xmp"  # the PNG iTXt keyword for XMP
+ORIENTATION = 0x0112            # the EXIF (TIFF) Orientation tag
+#: EXIF Orientation -> the transposition that makes the pixels upright (as exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_XMP_ORIENTATION = (re.compile(rb'(tiff:Orientation=")[0-9]+(")'),
+                    re.compile(rb"(<tiff:Orientation>)[0-9]+(</tiff:Orientation>)"))
 
 
 @dataclass
@@ -54,6 +64,111 @@ def read_image(source: str | os.PathLike | bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         name = "input" if isinstance(source, bytes) else str(source)
         raise InputImageError(f"cannot read {name} as an image ({e})") from None
+
+
+def frame_count(im: Image.Image) -> int:
+    """How many pictures the file holds: frames of an animation, pages of a TIFF. A camera
+    JPEG whose MPO extension carries preview images is one picture, and so is a PSD, whose
+    first frame is the composite of its layers."""
+    n = int(getattr(im, "n_frames", 1) or 1)
+    if im.format == "PSD":
+        return 1
+    if im.format == "MPO":
+        try:
+            entries = im.mpinfo[0xB002]
+            n = sum(1 for e in entries if "Thumbnail" not in str(e["Attribute"]["MPType"]))
+        except (AttributeError, KeyError, TypeError):
+            return 1
+        return max(n, 1)
+    return n
+
+
+def prepare(im: Image.Image, frame: int | None = None) -> Image.Image:
+    """The one picture a ``.vae`` file will hold: the chosen frame (an animation or a
+    multi-page file is refused without one rather than cut to its first frame), upright.
+
+    The EXIF Orientation is applied to the pixels, as ImageOps.exif_transpose and avifenc
+    do: a decoder of a ``.vae`` file (or of the PNG it decodes to) shows the picture the
+    way the camera meant it without reading EXIF. The Orientation kept in EXIF and XMP is
+    reset to 1 so that no viewer turns it a second time. The caller's image is not
+    changed (a frame chosen is sought back afterwards)."""
+    what = Path(im.filename).name if getattr(im, "filename", None) else "the image"
+    n = frame_count(im)
+    if frame is None and n > 1:
+        raise InputImageError(
+            f"{what} has {n} frames (an animation or a multi-page file) and a .vae file "
+            f"holds one image: choose one with --frame N / frame=N (0..{n - 1})")
+    if frame is None or (frame == 0 and n == 1):
+        try:
+            im.load()
+            return _upright(im)
+        except (OSError, EOFError, ValueError, SyntaxError) as e:
+            raise InputImageError(f"cannot read {what} ({e})") from None
+    total = int(getattr(im, "n_frames", 1) or 1)
+    if not 0 <= frame < total:
+        raise InputImageError(f"{what} has no frame {frame}: its frames are 0..{total - 1}")
+    here = im.tell()
+    try:
+        im.seek(frame)
+        im.load()
+        out = _upright(im)
+        return im.copy() if out is im else out     # a copy: `im` is sought back below
+    except (OSError, EOFError, ValueError, SyntaxError) as e:
+        raise InputImageError(f"cannot read frame {frame} of {what} ({e})") from None
+    finally:
+        try:
+            im.seek(here)
+        except (OSError, EOFError, ValueError):
+            pass
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` itself when it is upright, else a turned copy whose metadata says so."""
+    try:
+        orientation = im.getexif().get(ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, struct.error, TypeError):
+        return im                                   # unreadable EXIF: nothing to apply
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return im
+    out = im.transpose(method)
+    out.info = dict(im.info)                        # transpose keeps no metadata
+    exif = out.info.get("exif")
+    if isinstance(exif, Image.Exif):
+        exif = exif.tobytes()
+    if isinstance(exif, bytes):
+        out.info["exif"] = _exif_upright(exif)
+    for key in ("xmp", _XMP_KEY):
+        xmp = out.info.get(key)
+        if isinstance(xmp, (bytes, str)):
+            raw = xmp.encode("utf-8") if isinstance(xmp, str) else xmp
+            for pattern in _XMP_ORIENTATION:
+                raw = pattern.sub(rb"\g<1>1\g<2>", raw)
+            out.info[key] = raw.decode("utf-8", "replace") if isinstance(xmp, str) else raw
+    return out
+
+
+def _exif_upright(exif: bytes) -> bytes:
+    """EXIF with Orientation = 1, patched in place where it is the usual one SHORT in IFD0
+    (every other byte, maker notes included, stays as it was); else re-serialised."""
+    prefix = _EXIF_PREFIX if exif.startswith(_EXIF_PREFIX) else b""
+    tiff = bytearray(exif[len(prefix):])
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            at = ifd + 2 + 12 * i
+            tag, kind, n = struct.unpack_from(order + "HHI", tiff, at)
+            if tag == ORIENTATION and kind == 3 and n == 1:
+                struct.pack_into(order + "H", tiff, at + 8, 1)
+                return prefix + bytes(tiff)
+    except struct.error:
+        pass
+    parsed = Image.Exif()
+    parsed.load(exif)
+    parsed[ORIENTATION] = 1
+    return parsed.tobytes()
 
 
 def split(im: Image.Image) -> Planes:
@@ -212,6 +327,75 @@ def png_bytes(im: Image.Image) -> bytes:
         opts["pnginfo"] = info
     buf = io.BytesIO()
     im.save(buf, format="PNG", **opts)
+    return buf.getvalue()
+
+
+#: What ``decode`` writes, by the output file's extension. PNG is the default (and what goes
+#: to stdout); every one is lossless, so the file holds exactly the decoded pixels.
+OUTPUT_FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".ppm": "PPM",
+                  ".pnm": "PPM", ".webp": "WEBP"}
+#: The extension a format gets when only the format is given (``--format``, batches).
+FORMAT_SUFFIX = {"PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "PPM": ".ppm", "WEBP": ".webp"}
+WEBP_MAX_SIDE = 16383           # the WebP bitstream's limit
+
+
+def output_format(path: str | os.PathLike, default: str = "PNG") -> str:
+    """The format to write: the one the extension names; ``default`` (PNG unless
+    ``--format`` says otherwise) without one, and for '-'. An unknown extension is an error
+    before anything is decoded, rather than a PNG under a name that says otherwise."""
+    ext = Path(path).suffix.lower() if str(path) != "-" else ""
+    if not ext:
+        return default
+    if ext not in OUTPUT_FORMATS:
+        known = ", ".join(OUTPUT_FORMATS)
+        raise VaecodecError(f"cannot write {ext} files ({Path(path).name}): the output's "
+                            f"extension chooses its format, one of {known} (WebP lossless)")
+    return OUTPUT_FORMATS[ext]
+
+
+def check_writable(fmt: str, width: int, height: int, mode: str) -> None:
+    """Refuse what the format cannot hold before the pixels are decoded, instead of dropping
+    the alpha plane or failing after the work."""
+    if fmt in ("BMP", "PPM") and mode in ("RGBA", "LA"):
+        raise VaecodecError(f"{fmt} has no alpha channel and this image is {mode}: write "
+                            f".png, .tif or .webp instead")
+    if fmt == "WEBP" and max(width, height) > WEBP_MAX_SIDE:
+        raise VaecodecError(f"WebP holds at most {WEBP_MAX_SIDE} pixels a side and this "
+                            f"image is {width}x{height}: write .png or .tif instead")
+
+
+def image_bytes(im: Image.Image, fmt: str = "PNG") -> bytes:
+    """The decoded image as a file of ``fmt`` (see OUTPUT_FORMATS), with the ICC profile,
+    EXIF and XMP where the format has a place for them: PNG, TIFF and WebP hold all three,
+    BMP and PPM none."""
+    if fmt == "PNG":
+        return png_bytes(im)
+    check_writable(fmt, im.width, im.height, im.mode)
+    icc, exif, xmp = im.info.get("icc_profile"), im.info.get("exif"), im.info.get("xmp")
+    if isinstance(xmp, str):
+        xmp = xmp.encode("utf-8")
+    opts: dict = {}
+    if fmt == "TIFF":
+        # Pillow's own TIFF writer (uncompressed, like dwebp -tiff) keeps EXIF's sub-IFDs
+        # (capture settings, GPS); XMP is TIFF tag 700.
+        tags = Image.Exif()
+        if exif:
+            tags.load(exif)
+        if xmp:
+            tags[700] = xmp
+        opts = {"exif": tags} if len(tags) else {}
+    elif fmt == "WEBP":
+        # exact: keep the colour under fully transparent pixels, as the decoder gave it
+        opts = {"lossless": True, "exact": True, "exif": exif or b"", "xmp": xmp or b""}
+        if im.mode in ("L", "LA"):
+            im = im.convert("RGBA" if im.mode == "LA" else "RGB")
+    if icc and fmt in ("TIFF", "WEBP"):
+        opts["icc_profile"] = icc
+    buf = io.BytesIO()
+    try:
+        im.save(buf, format=fmt, **opts)
+    except (OSError, ValueError, TypeError, struct.error) as e:
+        raise VaecodecError(f"cannot write the image as {fmt} ({e})") from None
     return buf.getvalue()
 
 
