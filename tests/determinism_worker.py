@@ -25,8 +25,9 @@ class Float64(torch.nn.Module):
         super().__init__()
         self.m = m.double()
 
-    def forward(self, x):
-        return self.m(x.double()).float()
+    def forward(self, *args):
+        out = self.m(*(a.double() for a in args))
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
 
 def main(cmd, kodak, out, *rest):
@@ -46,6 +47,8 @@ def main(cmd, kodak, out, *rest):
     if not integer:
         loaded.model._cache()          # coder tables first, from the original h_s
         loaded.model.h_s = Float64(loaded.model.h_s)
+        if hasattr(loaded.model, "context"):      # the checkerboard's second network
+            loaded.model.context = Float64(loaded.model.context)
     res = {}
     for f in sorted(out.glob("*.vae")):
         c = vaecodec.bitstream.unpack(f.read_bytes())

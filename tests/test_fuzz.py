@@ -69,9 +69,16 @@ def _with_metadata(im: Image.Image) -> Image.Image:
 
 @lru_cache(maxsize=1)
 def seeds() -> tuple[bytes, ...]:
+    """Files of the default weights, and two of every other installed weights file (the
+    weights of vaecodec 1.0 among them): every format version and latent codec a decoder
+    can meet."""
     rgba = natural_image(40, 30, seed=2).convert("RGBA")
     rgba.putalpha(Image.fromarray((np.arange(40 * 30) % 251).astype(np.uint8).reshape(30, 40)))
-    return (
+    others = tuple(
+        vaecodec.encode(im, q, model=path)
+        for path in weights.installed() if path != weights.default_weights_path()
+        for im, q in ((natural_image(64, 48, seed=5), 40), (rgba, 70)))
+    return others + (
         vaecodec.encode(natural_image(64, 48), 50),
         vaecodec.encode(natural_image(130, 70, seed=1), 90),
         vaecodec.encode(rgba, 20),
@@ -103,13 +110,16 @@ def reseal(data: bytes) -> bytes:
 
 def layout(data: bytes) -> dict[str, tuple[int, str]]:
     """Offset and struct format of every field of a valid file (README, "Container format")."""
-    f = {"version": (4, "B"), "mode": (5, "B"), "flags": (6, ">H"), "width": (16, ">I"),
+    f = {"version": (4, "B"), "mode": (5, "B"), "latent codec": (6, "B"), "flags": (7, "B"),
+         "width": (16, ">I"),
          "height": (20, ">I"), "quality": (24, ">I"), "z height": (28, ">H"),
          "z width": (30, ">H"), "model id length": (32, "B")}
     pos = 33 + data[32]
     for name in ("y length", "z length"):
         f[name] = (pos, ">I")
         pos += 4 + struct.unpack_from(">I", data, pos)[0]
+    f["symbols crc"] = (pos, ">I")
+    pos += 4
     f["chunk count"] = (pos, "B")
     pos += 1
     for i in range(data[pos - 1]):
@@ -273,7 +283,8 @@ def _fuzz_parser(data: bytes) -> None:
 
 
 @settings(FUZZ, max_examples=max(PARSER_EXAMPLES // 4, 1))
-@given(st.binary(max_size=200).map(lambda b: bitstream.MAGIC + b"\x01" + b))
+@given(st.tuples(st.sampled_from(bitstream.VERSIONS), st.binary(max_size=200))
+       .map(lambda t: bitstream.MAGIC + bytes([t[0]]) + t[1]))
 def _fuzz_parser_random(data: bytes) -> None:
     check_parser(data)
     check_parser(reseal(data) if len(data) >= 4 else data)

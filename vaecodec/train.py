@@ -36,7 +36,7 @@ from PIL import Image
 import torch.distributed as dist
 
 from .codec import bf16_is_fast
-from .model import VariableRateHyperprior
+from .model import CheckerboardHyperprior, VariableRateHyperprior
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -322,8 +322,10 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
     torch.manual_seed(cfg.seed)
     dev = ctx.device
 
-    model = VariableRateHyperprior()
-    ema = VariableRateHyperprior()
+    state0 = torch.load(resume, map_location="cpu", weights_only=True)["model"] if resume \
+        else None
+    model, ema = model_like(cfg.init_from, state0), model_like(cfg.init_from, state0)
+    del state0
     named = list(model.named_parameters())
     gain_params = [p for n, p in named if "log_gain" in n]
     main_params = [p for n, p in named if not n.endswith(".quantiles") and "log_gain" not in n]
@@ -454,6 +456,24 @@ def _data_seed(seed: int, rank: int) -> int:
     return seed + rank * 2 ** 32
 
 
+def model_like(init_from: str | None, state: dict | None = None) -> VariableRateHyperprior:
+    """A fresh model of the architecture that a checkpoint's state (when resuming or
+    exporting) or the initial weights file (``--init-from``) hold: the hyperprior of
+    vaecodec 1, or the checkerboard of vaecodec 2 with the context sizes those tensors have.
+    Joint training of the checkerboard starts from weights made by ``vaecodec
+    fit-context``."""
+    if state is None and init_from and init_from.endswith(".safetensors"):
+        from .weights import load_state, read_metadata
+
+        if read_metadata(init_from).get("architecture") == "CheckerboardHyperprior":
+            state = load_state(init_from)
+    if state is None or "context.ctx.weight" not in state:
+        return VariableRateHyperprior()
+    w = state["context.ctx.weight"]
+    return CheckerboardHyperprior(ctx=w.shape[0], hidden=state["context.ep.0.weight"].shape[0],
+                                  kernel=w.shape[-1])
+
+
 def sample_levels(n: int, levels: int, end_weight: float) -> torch.Tensor:
     """Uniform over the continuous level range, plus ``end_weight`` levels' worth of mass on
     each end: uniform sampling alone trains the end levels half as often as the inner ones
@@ -494,15 +514,18 @@ def _cpu(obj):
     return obj
 
 
-def export_checkpoint(ckpt: str, out: str, model_id: str = "vaecodec-hyperprior-vr",
+def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
                       use_ema: bool = True) -> bytes:
     """Checkpoint -> shipped safetensors file (EMA weights by default). Returns its hash."""
     from . import weights
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model = VariableRateHyperprior()
-    model.load_state_dict(ck["ema"] if use_ema or "model" not in ck else ck["model"])
+    state = ck["ema"] if use_ema or "model" not in ck else ck["model"]
+    model = model_like(None, state)
+    model.load_state_dict(state)
     model.eval()
+    model_id = model_id or ("vaecodec-checkerboard-vr" if isinstance(model, CheckerboardHyperprior)
+                            else "vaecodec-hyperprior-vr")
     extra = {"steps": str(ck.get("step", 0)),
              "train_hours": f"{ck.get('elapsed', 0) / 3600:.2f}"}
     return weights.export(model, out, model_id, extra)

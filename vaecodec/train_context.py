@@ -42,11 +42,12 @@ def held_out(name: str) -> bool:
 
 
 def cache_latents(model: VariableRateHyperprior, files: list[Path], min_side: int = 128
-                  ) -> list[tuple[str, int, torch.Tensor]]:
-    """(file name, variant, y) for every photo: 0 as is, 1 mirrored, 2 and 3 the same
-    downscaled 2x (which washes out most photos' JPEG blocking). y covers only latents
-    whose 16 x 16 block lies inside the photo (no padding statistics), in float16."""
-    out = []
+                  ) -> dict[str, list]:
+    """{"names": [(file name, variant)], "y": [latent]} for every photo: variant 0 as is,
+    1 mirrored, 2 and 3 the same downscaled 2x (which washes out most photos' JPEG
+    blocking). y covers only latents whose 16 x 16 block lies inside the photo (no padding
+    statistics), in float16."""
+    names, ys = [], []
     with torch.inference_mode():
         for f in files:
             with Image.open(f) as im:
@@ -63,8 +64,9 @@ def cache_latents(model: VariableRateHyperprior, files: list[Path], min_side: in
                 ph, pw = -(-H // 64) * 64, -(-W // 64) * 64
                 x = torch.nn.functional.pad(x, (0, pw - W, 0, ph - H), mode="replicate")
                 y, _ = model.analyze(x)
-                out.append((f.name, k, y[0, :, :H // Y_STRIDE, :W // Y_STRIDE].half().clone()))
-    return out
+                names.append((f.name, k))
+                ys.append(y[0, :, :H // Y_STRIDE, :W // Y_STRIDE].half().clone())
+    return {"names": names, "y": ys}
 
 
 def gaussian_bits(v: Tensor, sigma: Tensor) -> Tensor:
@@ -143,9 +145,10 @@ def evaluate(model: VariableRateHyperprior, ctx: CheckerboardContext,
 
 @dataclass
 class ContextTrainConfig:
-    cache: str
-    weights: str
-    out: str
+    data: str                      # the training photos
+    weights: str                   # the hyperprior whose transforms stay frozen
+    out: str                       # the fitted context (a torch file; see ``assemble``)
+    cache: str | None = None       # latents of ``data`` under ``weights``: read, or made and kept
     minutes: float = 60.0
     batch: int = 16
     crop: int = 12                 # latents (192 pixels); a multiple of 4
@@ -169,7 +172,17 @@ def train_context(cfg: ContextTrainConfig) -> dict:
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = load(cfg.weights, fast=False).model
-    cache = torch.load(cfg.cache, weights_only=True)
+    if cfg.cache and Path(cfg.cache).is_file():
+        cache = torch.load(cfg.cache, weights_only=True)
+    else:
+        from .train import IMAGE_SUFFIXES
+
+        files = sorted(p for p in Path(cfg.data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no images found in {cfg.data}")
+        cache = cache_latents(model, files)
+        if cfg.cache:
+            torch.save(cache, cfg.cache)
     train = [y for (n, k), y in zip(cache["names"], cache["y"]) if not held_out(n)
              and min(y.shape[-2:]) >= cfg.crop]
     # whole held-out latents, cut to a multiple of 4 (the hyper-latent's stride)
