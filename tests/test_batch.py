@@ -137,3 +137,86 @@ def test_real_process_exit_code_and_stderr(images, tmp_path):
     lines = error_lines(r)
     assert len(lines) == 1 and "b.png" in lines[0]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.vae", "c.vae"]
+
+
+# -- jobs, threads, progress and the summary ---------------------------------------------------
+
+
+def summary_line(output: str) -> str:
+    (line,) = [ln for ln in output.splitlines() if " files " in ln]
+    return line
+
+
+def test_summary_line_counts_files_bytes_bpp_and_time(images, tmp_path):
+    out = tmp_path / "vae"
+    r = invoke("encode", images, "-o", out, "-q", "30")
+    assert r.exit_code == 0, r.output
+    line = summary_line(r.output)
+    sizes = [(out / f"{n}.vae").stat().st_size for n in "abc"]
+    pixels = [(40 + 8 * i) * 24 for i in range(3)]
+    bpp = sum(8 * s / p for s, p in zip(sizes, pixels)) / 3
+    assert line.startswith("3 of 3 files encoded; ")
+    assert f"{sum(sizes)} bytes of .vae" in line and f"mean {bpp:.4f} bpp" in line
+    assert line.endswith(" s")
+    r = invoke("decode", out, "-o", tmp_path / "png")
+    assert summary_line(r.output).startswith(f"3 of 3 files decoded; {sum(sizes)} bytes")
+
+
+def test_jobs_run_in_worker_processes_and_report_each_failure(images, tmp_path):
+    (images / "b.png").write_bytes(b"truncated garbage")
+    natural_image(32, 32, seed=5).save(images / "d.png")
+    out = tmp_path / "out"
+    r = run_cli("encode", images, "-o", out, "-j", "2", "-q", "20")
+    assert r.returncode == 1
+    (line,) = error_lines(r)
+    assert "b.png" in line and "cannot read" in line
+    assert sorted(p.name for p in out.iterdir()) == ["a.vae", "c.vae", "d.vae"]  # no temp file
+    stdout = r.stdout.decode()
+    assert summary_line(stdout).startswith("3 of 4 files encoded, 1 failed; ")
+    assert sum("->" in ln for ln in stdout.splitlines()) == 3
+    one = tmp_path / "one"
+    assert invoke("encode", images / "a.png", images / "c.png", images / "d.png", "-o", one,
+                  "-q", "20", "--quiet").exit_code == 0
+    for name in ("a.vae", "c.vae", "d.vae"):     # the workers' files are the in-process ones
+        assert (one / name).read_bytes() == (out / name).read_bytes()
+    r = run_cli("decode", out, "-o", tmp_path / "png", "-j", "3", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["a.png", "c.png", "d.png"]
+
+
+def test_threads_is_torch_threads_for_the_call(images, monkeypatch):
+    import torch
+
+    import vaecodec
+    from vaecodec import codec
+
+    seen = []
+    real = codec.encode_pixels
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(codec, "encode_pixels", spy)
+    before = torch.get_num_threads()
+    im = Image.open(images / "a.png")
+    vaecodec.encode(im, 50, threads=1)
+    assert seen == [1] and torch.get_num_threads() == before     # set for the call, restored
+    assert invoke("encode", images / "a.png", "--threads", "1", "--quiet").exit_code == 0
+    assert seen == [1, 1]
+    assert invoke("encode", images / "a.png", "--threads", "0").exit_code == 2
+    with pytest.raises(vaecodec.VaecodecError, match="threads"):
+        vaecodec.encode(im, 50, threads=0)
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch):
+    from vaecodec import cli
+
+    assert cli._progress_bar(3, "encoded", quiet=False) is None      # pytest: not a terminal
+    monkeypatch.setattr(cli.sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli._progress_bar(3, "encoded", quiet=True) is None
+    bar = cli._progress_bar(3, "encoded", quiet=False)
+    try:
+        assert bar is not None and bar.total == 3 and bar.fp is not None
+    finally:
+        bar.close()

@@ -164,3 +164,129 @@ def test_rgba_through_cli_keeps_alpha(tmp_path):
     assert invoke("decode", tmp_path / "a.vae", "-o", tmp_path / "b.png", "--quiet").exit_code == 0
     out = Image.open(tmp_path / "b.png")
     assert out.mode == "RGBA" and np.array_equal(np.asarray(out.getchannel("A")), a)
+
+
+# -- tools people already use: info --json, output formats, frames, orientation ----------------
+
+
+def test_info_json_for_scripts(png, tmp_path):
+    import json
+
+    out = tmp_path / "x.vae"
+    assert invoke("encode", png, "-o", out, "-q", "40", "--quiet").exit_code == 0
+    doc = json.loads(invoke("info", out, "--json").output)
+    size = out.stat().st_size
+    assert (doc["width"], doc["height"], doc["mode"], doc["quality"]) == (150, 100, "RGB", 40.0)
+    assert doc["model_id"] == "vaecodec-hyperprior-vr" and len(doc["model_hash"]) == 16
+    assert doc["bytes"] == size and doc["bpp"] == pytest.approx(8 * size / (150 * 100))
+    assert doc["y_bytes"] + doc["z_bytes"] + doc["side_bytes"] < size
+    assert doc["z_shape"] == [2, 3] and doc["y_shape"] == [8, 12]
+
+
+def test_help_and_info_do_not_import_torch(png, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.vae"
+    assert invoke("encode", png, "-o", out, "--quiet").exit_code == 0
+    code = ("import sys\nfrom vaecodec.cli import main\n"
+            "for args in (['--help'], ['encode', '--help'], ['info', sys.argv[1]],"
+            " ['info', sys.argv[1], '--json']):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n"
+            "        assert not e.code, (args, e.code)\n"
+            "heavy = [m for m in ('torch', 'numpy', 'compressai', 'tqdm') if m in sys.modules]\n"
+            "assert not heavy, heavy\n")
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def decoded_ref(tmp_path_factory):
+    """One RGBA .vae with an ICC profile, and its pixels as decoded to PNG."""
+    from PIL import ImageCms
+
+    d = tmp_path_factory.mktemp("formats")
+    im = natural_image(64, 40).convert("RGBA")
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    rgb = d / "rgb.png"
+    im.convert("RGB").save(rgb, icc_profile=icc)
+    im.putalpha(128)
+    im.save(d / "rgba.png")
+    for name in ("rgb", "rgba"):
+        assert invoke("encode", d / f"{name}.png", "--quiet").exit_code == 0
+        assert invoke("decode", d / f"{name}.vae", "-o", d / f"{name}-ref.png",
+                      "--quiet").exit_code == 0
+    return d, icc
+
+
+@pytest.mark.parametrize("ext,fmt", [(".tif", "TIFF"), (".tiff", "TIFF"), (".bmp", "BMP"),
+                                     (".ppm", "PPM"), (".webp", "WEBP"), (".png", "PNG")])
+def test_decode_writes_the_format_the_extension_names(decoded_ref, ext, fmt):
+    d, icc = decoded_ref
+    out = d / f"out{ext}"
+    r = invoke("decode", d / "rgb.vae", "-o", out)
+    assert r.exit_code == 0, r.output
+    got = Image.open(out)
+    assert got.format == fmt
+    ref = np.asarray(Image.open(d / "rgb-ref.png").convert("RGB"))
+    assert np.array_equal(np.asarray(got.convert("RGB")), ref)           # lossless, always
+    if fmt in ("TIFF", "WEBP", "PNG"):
+        assert got.info.get("icc_profile") == icc
+
+
+def test_decode_format_errors_are_one_line_and_leave_no_file(decoded_ref, tmp_path):
+    d, _ = decoded_ref
+    r = run_cli("decode", d / "rgb.vae", "-o", tmp_path / "out.jpg")
+    assert_clean_error(r, ".jpg", ".tif", ".webp")
+    r = run_cli("decode", d / "rgba.vae", "-o", tmp_path / "out.ppm")
+    assert_clean_error(r, "no alpha channel", "RGBA")
+    assert list(tmp_path.iterdir()) == []
+    r = invoke("decode", d / "rgba.vae", "-o", tmp_path / "out.webp", "--quiet")
+    assert r.exit_code == 0 and Image.open(tmp_path / "out.webp").mode == "RGBA"
+    assert invoke("decode", d / "rgb.vae", "-o", tmp_path / "x.tif", "-f", "png").exit_code == 2
+
+
+def test_decode_format_option_for_stdout_and_batches(decoded_ref, tmp_path):
+    d, _ = decoded_ref
+    r = run_cli("decode", d / "rgb.vae", "-o", "-", "--format", "tif")
+    assert r.returncode == 0 and r.stdout[:4] in (b"II*\x00", b"MM\x00*")
+    r = invoke("decode", d / "rgb.vae", d / "rgba.vae", "-o", tmp_path / "out", "-f", "webp",
+               "--quiet")
+    assert r.exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rgb.webp", "rgba.webp"]
+
+
+def test_encode_applies_exif_orientation(tmp_path):
+    from PIL import ImageOps
+
+    a = np.zeros((48, 96, 3), np.uint8)
+    a[:, :48], a[:, 48:], a[:12] = (220, 30, 30), (30, 30, 220), (30, 200, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6                             # "rotate 90 degrees clockwise to display"
+    exif[0x010F] = "Test Camera Co."
+    Image.fromarray(a).save(tmp_path / "cam.jpg", quality=95, exif=exif.tobytes())
+    r = invoke("encode", tmp_path / "cam.jpg", "--keep-metadata", "-q", "90")
+    assert r.exit_code == 0 and "48x96" in r.output
+    assert invoke("decode", tmp_path / "cam.vae", "--quiet").exit_code == 0
+    out = Image.open(tmp_path / "cam.png")
+    upright = ImageOps.exif_transpose(Image.open(tmp_path / "cam.jpg"))
+    assert out.size == upright.size == (48, 96)
+    other = upright.transpose(Image.Transpose.ROTATE_180)          # same size, wrong way up
+    assert psnr(out, upright) > 25 and psnr(out, upright) > psnr(out, other) + 15
+    kept = out.getexif()
+    assert kept[0x0112] == 1 and kept[0x010F] == "Test Camera Co."
+
+
+def test_multi_frame_input_is_refused_or_one_frame_picked(tmp_path):
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+    first, *rest = [Image.new("RGB", (64, 48), c) for c in colours]
+    first.save(tmp_path / "anim.gif", save_all=True, append_images=rest, duration=100)
+    assert_clean_error(run_cli("encode", tmp_path / "anim.gif"), "anim.gif", "3 frames",
+                       "--frame")
+    assert not (tmp_path / "anim.vae").exists()
+    r = invoke("encode", tmp_path / "anim.gif", "--frame", "2", "-q", "80")
+    assert r.exit_code == 0 and "frame 2" in r.output
+    got = np.asarray(vaecodec.decode((tmp_path / "anim.vae").read_bytes()), float)
+    assert np.abs(got.mean(axis=(0, 1)) - colours[2]).max() < 6
+    r = run_cli("encode", tmp_path / "anim.gif", "--frame", "3")
+    assert_clean_error(r, "no frame 3")

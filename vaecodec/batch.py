@@ -104,24 +104,25 @@ class EncodeTask:
         import vaecodec
         from .image import prepare, read_image
 
-        im = read_image(read_input(input) if input == "-" else input)
         target = dict(self.target)
-        data = vaecodec.encode(im, self.quality, model=self.model, device=self.device,
-                               keep_metadata=self.keep_metadata, fast=self.fast,
-                               effort=self.effort, rdoq=self.rdoq, frame=self.frame,
-                               threads=self.threads, **target)
-        write_output(output, data)
-        h = vaecodec.read_header(data)
-        how = "".join(f" (chosen for --{'size' if k == 'size' else 'target-' + k} {v:g})"
-                      for k, v in target.items())
-        frame = f" frame {self.frame}" if self.frame is not None else ""
-        msg = (f"{input} -> {output}: {h.width}x{h.height} {h.mode}{frame}, {len(data)} bytes, "
-               f"{8 * len(data) / (h.width * h.height):.4f} bpp, quality {h.quality:.4g}{how}")
-        if self.print_psnr:
-            upright = prepare(im, self.frame)
-            back = vaecodec.decode(data, model=self.model, device=self.device,
-                                   threads=self.threads)
-            msg += f", PSNR {_psnr(upright, back):.2f} dB"
+        # closed when done: a multi-frame file keeps its file open for seeking
+        with read_image(read_input(input) if input == "-" else input) as im:
+            data = vaecodec.encode(im, self.quality, model=self.model, device=self.device,
+                                   keep_metadata=self.keep_metadata, fast=self.fast,
+                                   effort=self.effort, rdoq=self.rdoq, frame=self.frame,
+                                   threads=self.threads, **target)
+            write_output(output, data)
+            h = vaecodec.read_header(data)
+            how = "".join(f" (chosen for --{'size' if k == 'size' else 'target-' + k} {v:g})"
+                          for k, v in target.items())
+            frame = f" frame {self.frame}" if self.frame is not None else ""
+            msg = (f"{input} -> {output}: {h.width}x{h.height} {h.mode}{frame}, "
+                   f"{len(data)} bytes, {8 * len(data) / (h.width * h.height):.4f} bpp, "
+                   f"quality {h.quality:.4g}{how}")
+            if self.print_psnr:
+                back = vaecodec.decode(data, model=self.model, device=self.device,
+                                       threads=self.threads)
+                msg += f", PSNR {_psnr(prepare(im, self.frame), back):.2f} dB"
         return Done(msg, len(data), h.width * h.height)
 
 
@@ -184,19 +185,40 @@ def run(task: Task, jobs: list[Job], workers: int = 1) -> Iterator[tuple[Job, Do
 
     if task.threads is None:
         task = replace(task, threads=max(1, cores() // workers))
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
-        # leaving the block (done, an error, Ctrl-C) terminates the workers
-        yield from pool.imap_unordered(functools.partial(attempt, task), jobs)
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init)
+    try:
+        yield from pool.imap_unordered(functools.partial(_work, task), jobs)
+        pool.close()                    # done: the workers exit on their own
+    except BaseException:               # an error, Ctrl-C, or the caller stopped early
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+_busy = False       # in a worker: whether a job is running (so an output may be half written)
+
+
+def _work(task: Task, job: Job) -> tuple[Job, Done | str]:
+    global _busy
+    _busy = True
+    try:
+        return attempt(task, job)
+    finally:
+        _busy = False
 
 
 def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)          # the main process handles Ctrl-C
-    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGTERM, _stop)
 
 
-def _exit_cleanly(signum: int, frame) -> None:
-    # SystemExit unwinds through write_atomic, which removes its temporary file
-    sys.exit(128 + signum)
+def _stop(signum: int, frame) -> None:
+    """Stopped by the main process: mid-job, unwind (write_atomic then removes its temporary
+    file); idle, just go."""
+    if _busy:
+        sys.exit(128 + signum)
+    os._exit(128 + signum)
 
 
 def _psnr(a, b) -> float:
