@@ -7,7 +7,7 @@ against the wall time of `python -c "import torch"` (the floor of any torch prog
 Each repeat runs, one after the other in a fresh process each: ``python -c "import torch"``,
 ``vaecodec encode IMG -o T.vae --quiet``, ``vaecodec decode T.vae -o T.png --quiet``,
 ``vaecodec --help`` and ``vaecodec info T.vae``; interleaving them spreads the drift of a
-shared machine over all five. The first repeat is a warm-up for the page cache and is not
+shared machine over all five (their CPU time is recorded too). The first repeat is a warm-up for the page cache and is not
 counted. Ratios are of medians (and of minima, the steadier figure on a busy machine).
 The goal: encode and decode within 1.5x of ``import torch``. The machine (lscpu's model
 name, cores, load average before and after) is recorded with the numbers.
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,13 +47,16 @@ def vaecodec_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "vaecodec.cli"]
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system, all threads) of one run of ``cmd``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True)
     dt = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr.decode()}")
-    return dt
+    return dt, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -73,12 +77,14 @@ def main() -> None:
     }
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {k: [] for k in cmds}
+    cpu: dict[str, list[float]] = {k: [] for k in cmds}
     try:
         for i in range(a.repeat + 1):
             for name, cmd in cmds.items():
-                t = timed(cmd)
+                t, c = timed(cmd)
                 if i:
                     times[name].append(t)
+                    cpu[name].append(c)
             if i:
                 print(f"repeat {i}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                       flush=True)
@@ -103,6 +109,10 @@ def main() -> None:
                     "torch": torch.__version__, "platform": platform.platform(),
                     "loadavg_before": load_before, "loadavg_after": load_after},
         "seconds": {"median": med, "min": low, "all": times},
+        # CPU time is steadier than wall time on a shared machine, but not the same measure:
+        # the transforms run on every core, the imports on one
+        "cpu_seconds": {"median": {k: statistics.median(v) for k, v in cpu.items()},
+                        "all": cpu},
         "ratios": ratios,
         "goal": "encode and decode <= 1.5x import torch",
     }
