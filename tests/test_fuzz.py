@@ -333,7 +333,11 @@ def restamped(name: str) -> bytes:
     """A regression file with the current weights' hash, re-sealed: after retraining it must
     still reach the range decoder, not stop at the weights check."""
     data = bytearray((REGRESSIONS / name).read_bytes())
-    data[8:16] = weights.load().model_hash
+    loaded = weights.load()
+    data[8:16] = loaded.model_hash
+    # and the format version and latent codec those weights code with
+    data[6] = bitstream.LATENT_CODECS.index(loaded.model.LATENT_CODEC)
+    data[4] = bitstream.version_for(loaded.model.LATENT_CODEC)
     return reseal(bytes(data))
 
 

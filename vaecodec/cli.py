@@ -30,8 +30,8 @@ Examples:
   vaecodec info photo.vae --json
   cat photo.png | vaecodec encode - -o - > photo.vae
   vaecodec bench kodak/ --out results/
-  vaecodec train photos/ --out ckpt.pt --minutes 120 --init-from models/vaecodec-hyperprior-vr.safetensors
-  vaecodec export ckpt.pt models/vaecodec-hyperprior-vr.safetensors
+  vaecodec train photos/ --out ckpt.pt --minutes 120 --init-from models/vaecodec-checkerboard-vr.safetensors
+  vaecodec export ckpt.pt models/vaecodec-checkerboard-vr.safetensors
 """
 
 #: --format choices -> Pillow format names (image.OUTPUT_FORMATS has the extensions).
@@ -354,6 +354,7 @@ def info(file: str, as_json: bool) -> None:
         return
     rows = [
         ("format version", str(h.version)),
+        ("latent codec", h.latent_codec),
         ("size", f"{h.width}x{h.height}"),
         ("mode", h.mode),
         ("quality", f"{h.quality:g}"),

@@ -467,6 +467,9 @@ def model_like(init_from: str | None, state: dict | None = None) -> VariableRate
 
         if read_metadata(init_from).get("architecture") == "CheckerboardHyperprior":
             state = load_state(init_from)
+    elif state is None and init_from:
+        ck = torch.load(init_from, map_location="cpu", weights_only=True)
+        state = (ck.get("ema") or ck.get("model") or ck) if isinstance(ck, dict) else None
     if state is None or "context.ctx.weight" not in state:
         return VariableRateHyperprior()
     w = state["context.ctx.weight"]

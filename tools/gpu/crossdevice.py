@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--out", default="crossdevice.json")
     ap.add_argument("--devices", default="cuda,cpu")
     ap.add_argument("--qualities", default="10,50,90")
-    ap.add_argument("--model", default="models/vaecodec-hyperprior-vr.safetensors")
+    ap.add_argument("--model", default="models/vaecodec-checkerboard-vr.safetensors")
     ap.add_argument("--limit", type=int, default=0)
     a = ap.parse_args()
     import torch
