@@ -166,23 +166,29 @@ class VariableRateHyperprior(nn.Module):
     def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
         """Training pass: uniform noise for the rate terms, straight-through rounding
         ``round(y - mu) + mu`` into the synthesis (no train/test mismatch for g_s)."""
-        gy, gy_inv, gz, gz_inv = self.gains(level)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            y = self.g_a(x)
-        y = y.float()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            z = self.h_a(y)
-        z = z.float() * gz
-        z_hat, z_likelihoods = self.entropy_bottleneck(z)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            params = self.h_s(z_hat * gz_inv)
-        scales, means = params.float().chunk(2, 1)
+        y, scales, means, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
         y_g, scales_g, means_g = y * gy, scales * gy, means * gy
         _, y_likelihoods = self.gaussian_conditional(y_g, scales_g, means=means_g)
         y_hat_g = y_g + (torch.round(y_g - means_g) + means_g - y_g).detach()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(y_hat_g * gy_inv)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def _train_prior(self, x: Tensor, level: Tensor, autocast: bool
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """The training pass up to the hyperprior: y, h_s's ungained (scales, means), z's
+        likelihoods and the y gains; shared by both models' ``forward``."""
+        gy, gy_inv, gz, gz_inv = self.gains(level)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            y = self.g_a(x)
+        y = y.float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            z = self.h_a(y)
+        z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * gz)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            params = self.h_s(z_hat * gz_inv)
+        scales, means = params.float().chunk(2, 1)
+        return y, scales, means, z_likelihoods, (gy, gy_inv)
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()
@@ -391,16 +397,7 @@ class CheckerboardHyperprior(VariableRateHyperprior):
     def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
         """Joint training pass: as the parent's, with the non-anchors' likelihoods from the
         context, which sees the anchors as the decoder will (rounded around their means)."""
-        gy, gy_inv, gz, gz_inv = self.gains(level)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            y = self.g_a(x)
-        y = y.float()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            z = self.h_a(y)
-        z_hat, z_likelihoods = self.entropy_bottleneck(z.float() * gz)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            params = self.h_s(z_hat * gz_inv)
-        scales_h, means_h = params.float().chunk(2, 1)
+        y, scales_h, means_h, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
         mask = anchor_mask(*y.shape[-2:], device=y.device)
         y_g = y * gy
         y_hat_g = y_g + (torch.round(y_g - means_h * gy) + means_h * gy - y_g).detach()
