@@ -11,7 +11,8 @@ All integers are big-endian. Layout of version 2 (version 1 is the same with a 2
     0   4  magic            89 56 41 45  ("\\x89VAE")
     4   1  version          2 (1: files of vaecodec 1.0)
     5   1  mode             0 RGB, 1 L, 2 RGBA, 3 LA
-    6   1  latent codec     0 hyperprior (one pass), 1 checkerboard (anchors, then the rest)
+    6   1  latent codec     0 hyperprior (one pass), 1 checkerboard (anchors, then the rest),
+                            2 channel groups, each a checkerboard (2 passes a group)
     7   1  flags            0 (reserved)
     8   8  model hash       first 8 bytes of SHA-256 of the weights file
     16  4  width            1 .. MAX_SIDE
@@ -41,10 +42,10 @@ from .errors import ChecksumError, FormatError, ImageTooLargeError, UnsupportedV
 MAGIC = b"\x89VAE"
 VERSION = 2
 #: Every version this build reads. A hyperprior file is still written as version 1, so that
-#: vaecodec 1.0 reads what it could always read; version 2 exists for the checkerboard.
+#: vaecodec 1.0 reads what it could always read; version 2 exists for the context models.
 VERSIONS = (1, 2)
 #: How y is entropy-coded, which the weights' architecture must match.
-LATENT_CODECS = ("hyperprior", "checkerboard")
+LATENT_CODECS = ("hyperprior", "checkerboard", "groups")
 MODES = ("RGB", "L", "RGBA", "LA")
 MAX_SIDE = 65535
 MAX_PIXELS = 1 << 26          # 67 MP: bounds the decoder's memory (no tiling yet)

@@ -458,31 +458,35 @@ def train(data_dir: str, out: str, resume: str | None, init_from: str | None, st
               type=click.Path(exists=True, dir_okay=False),
               help="Hyperprior weights (.safetensors) whose transforms stay frozen.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="The checkerboard weights file to write (.safetensors).")
+              help="The context model's weights file to write (.safetensors).")
 @click.option("--minutes", type=float, default=60.0, show_default=True)
 @click.option("--cache", type=click.Path(dir_okay=False),
               help="Latents of DATA_DIR under --weights: read if it exists, else made and kept.")
 @click.option("--lr", type=float, default=3e-4, show_default=True)
 @click.option("--batch-size", type=int, default=24, show_default=True)
 @click.option("--threads", type=int, default=0, help="Torch threads (0: all cores).")
+@click.option("--groups", default="", metavar="G1,G2,...",
+              help="Channel groups, each with its own checkerboard (e.g. 16,16,32,64,64 as "
+              "ELIC); default: one group.")
 @click.option("--log", help="Append the progress lines here.")
 @friendly_errors
 def fit_context(data_dir: str, weights_file: str, out: str, minutes: float,
-                cache: str | None, lr: float, batch_size: int, threads: int,
+                cache: str | None, lr: float, batch_size: int, threads: int, groups: str,
                 log: str | None) -> None:
-    """Fit the checkerboard context of vaecodec 2 on cached latents, transforms frozen.
+    """Fit the context of vaecodec 2 on cached latents, transforms frozen.
 
     The first stage of training the checkerboard model, and a cheap one: the photos go
     through the analysis transform once, then only the context network learns. The weights
     kept are those with the fewest bits on held-out photos; joint training of the whole
     model continues from OUT with `vaecodec train --init-from OUT`.
     """
+    from .train import MODEL_IDS
     from .train_context import ContextTrainConfig, assemble, train_context
     from .weights import export as write
 
     cfg = ContextTrainConfig(data=data_dir, weights=weights_file, out=out + ".ctx.pt",
                              cache=cache, minutes=minutes, lr=lr, batch=batch_size,
-                             threads=threads, log=log)
+                             threads=threads, log=log, groups=_groups(groups))
     try:
         r = train_context(cfg)
     except ValueError as e:
@@ -491,7 +495,7 @@ def fit_context(data_dir: str, weights_file: str, out: str, minutes: float,
     from .weights import file_hash, read_metadata
 
     meta = read_metadata(weights_file)
-    h = write(model, out, "vaecodec-checkerboard-vr",
+    h = write(model, out, MODEL_IDS[model.LATENT_CODEC],
               {"steps": meta.get("steps", "0"), "train_hours": meta.get("train_hours", "0"),
                "transforms_from": file_hash(weights_file).hex(),
                "context_steps": str(r["steps"]), "context_hours": f"{r['minutes'] / 60:.2f}"})
@@ -499,11 +503,22 @@ def fit_context(data_dir: str, weights_file: str, out: str, minutes: float,
                f"(hash {h.hex()})")
 
 
+def _groups(text: str) -> tuple[int, ...] | None:
+    try:
+        groups = tuple(int(g) for g in text.split(",")) if text.strip() else None
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a list of integers", param_hint="--groups"
+                                 ) from None
+    if groups and min(groups) < 1:
+        raise click.BadParameter("every group needs at least one channel", param_hint="--groups")
+    return groups
+
+
 @main.command(epilog=EPILOG)
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--model-id", help="Default: vaecodec-hyperprior-vr or vaecodec-checkerboard-vr, "
-              "by architecture.")
+@click.option("--model-id", help="Default: vaecodec-hyperprior-vr, vaecodec-checkerboard-vr or "
+              "vaecodec-groups-vr, by architecture.")
 @click.option("--no-ema", is_flag=True, help="Export the raw weights, not their moving average.")
 @friendly_errors
 def export(checkpoint: str, output: str, model_id: str, no_ema: bool) -> None:

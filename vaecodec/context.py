@@ -67,3 +67,70 @@ class CheckerboardContext(nn.Module):
         h = torch.cat([c, scales_h, means_h, step.expand_as(scales_h)], 1)
         ds, dm = self.ep(h).chunk(2, 1)
         return scales_h + ds, means_h + dm
+
+
+#: ELIC's uneven channel groups (He et al., CVPR 2022) for M = 192: small groups first,
+#: where most of the energy and so most of the bits are, so later groups can lean on them.
+ELIC_GROUPS = (16, 16, 32, 64, 64)
+
+
+class GroupedCheckerboardContext(nn.Module):
+    """Channel groups with a checkerboard in each: ELIC's space-channel context.
+
+    The latent's channels are split into uneven groups, coded one after the other; inside
+    each group the anchors come first, then the non-anchors. A group's anchors see the
+    hyperprior and every earlier group in full (a 3x3 conv over them, ``chan``); its
+    non-anchors see that too and their own group's anchors (a kxk conv, ``spat``). So
+    decoding is 2 x groups parallel passes (group 0's anchors use the hyperprior alone).
+
+    Every network ends in a zero-initialised layer that adds to the hyperprior's
+    (scales, means) for the group's channels: untrained, it codes like vaecodec 1.
+    """
+
+    def __init__(self, M: int = 192, groups: tuple[int, ...] = ELIC_GROUPS, chan: int = 64,
+                 spat: int = 64, hidden: int = 128, kernel: int = 5):
+        super().__init__()
+        if sum(groups) != M:
+            raise ValueError(f"groups {groups} do not add up to M = {M}")
+        self.M, self.groups, self.kernel = M, tuple(groups), kernel
+        self.starts = [sum(groups[:k]) for k in range(len(groups))]
+        self.chan = nn.ModuleList([nn.Identity()] + [
+            nn.Conv2d(self.starts[k], chan, 3, padding=1) for k in range(1, len(groups))])
+        self.spat = nn.ModuleList([nn.Conv2d(g, spat, kernel, padding=kernel // 2)
+                                   for g in groups])
+
+        def ep(cin: int, g: int) -> nn.Sequential:
+            s = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.LeakyReLU(SLOPE),
+                              nn.Conv2d(hidden, hidden, 1), nn.LeakyReLU(SLOPE),
+                              nn.Conv2d(hidden, 2 * g, 1))
+            nn.init.zeros_(s[-1].weight)
+            nn.init.zeros_(s[-1].bias)
+            return s
+
+        self.ep_a = nn.ModuleList([nn.Identity()] + [
+            ep(chan + 3 * g, g) for g in groups[1:]])
+        self.ep_n = nn.ModuleList([
+            ep((chan if k else 0) + spat + 3 * g, g) for k, g in enumerate(groups)])
+
+    def slice(self, k: int, t: Tensor) -> Tensor:
+        return t[:, self.starts[k]:self.starts[k] + self.groups[k]]
+
+    def anchor_params(self, k: int, decoded: Tensor | None, scales_h: Tensor, means_h: Tensor,
+                      step: Tensor) -> tuple[Tensor, Tensor]:
+        """Group k's anchors' (scales, means) from the groups before it (``decoded``: their
+        ungained y_hat, all positions) and the hyperprior's params for group k."""
+        if k == 0:
+            return scales_h, means_h
+        h = torch.cat([self.chan[k](decoded), scales_h, means_h, step.expand_as(scales_h)], 1)
+        ds, dm = self.ep_a[k](h).chunk(2, 1)
+        return scales_h + ds, means_h + dm
+
+    def nonanchor_params(self, k: int, decoded: Tensor | None, anchors: Tensor,
+                         scales_h: Tensor, means_h: Tensor, step: Tensor
+                         ) -> tuple[Tensor, Tensor]:
+        """Group k's non-anchors' (scales, means): also from the group's own anchors
+        (``anchors``: ungained y_hat, zero at the non-anchors)."""
+        parts = [self.chan[k](decoded)] if k else []
+        parts += [self.spat[k](anchors), scales_h, means_h, step.expand_as(scales_h)]
+        ds, dm = self.ep_n[k](torch.cat(parts, 1)).chunk(2, 1)
+        return scales_h + ds, means_h + dm

@@ -313,3 +313,101 @@ def _anchor_mask(h: int, w: int) -> Tensor:
     i = torch.arange(h)[:, None]
     j = torch.arange(w)[None, :]
     return ((i + j) % 2 == 0)[None, None]
+
+
+def _finish_rows(layer: _IntLayer, acc: Tensor) -> Tensor:
+    """A layer's rounding, activation and clamp, on rows (positions) x channels."""
+    x = torch.floor(acc * layer.down.view(1, -1) + 0.5)
+    if layer.act:
+        x = torch.where(x < 0, torch.floor(x * LEAK), x)
+    return x.clamp_(-ACT_LIMIT, ACT_LIMIT)
+
+
+class _GatheredConv:
+    """A kxk convolution evaluated at chosen positions only, as one matrix product over the
+    gathered taps. ``sparse``: the input is zero off the anchors and the outputs are wanted
+    at non-anchors, so only the taps at odd distance are gathered (12 of 25 for 5 x 5)."""
+
+    def __init__(self, conv: nn.Conv2d, act: bool, sparse: bool):
+        self.layer = _IntLayer(conv, act)
+        k = conv.kernel_size[0]
+        self.r = r = k // 2
+        self.taps = [(dy, dx) for dy in range(k) for dx in range(k)
+                     if not sparse or (dy + dx - 2 * r) % 2]
+        w = self.layer.w
+        self.w = torch.cat([w[:, :, dy, dx] for dy, dx in self.taps], 1).t().contiguous()
+
+    def __call__(self, x: Tensor, pi: Tensor, pj: Tensor) -> Tensor:
+        r = self.r
+        a = F.pad(x[0], (r, r, r, r)).permute(1, 2, 0)
+        cols = torch.cat([a[pi + dy, pj + dx] for dy, dx in self.taps], 1)
+        return _finish_rows(self.layer, torch.addmm(self.layer.b, cols, self.w))
+
+
+class IntegerGroupedContext:
+    """The channel-group checkerboard context (context.GroupedCheckerboardContext) in exact
+    integers, as IntegerContext is for the single group: inputs and outputs on the 2^-12
+    grid, each pass's networks evaluated at that pass's positions only (anchors or
+    non-anchors), ``reference`` the whole-grid float64 convolutions they must equal."""
+
+    def __init__(self, context: nn.Module):
+        self.groups = context.groups
+        self.chan = [None] + [_GatheredConv(c, act=False, sparse=False)
+                              for c in list(context.chan)[1:]]
+        self.spat = [_GatheredConv(c, act=False, sparse=True) for c in context.spat]
+
+        def ep(seq) -> list[tuple[_IntLayer, Tensor]]:
+            convs = [m for m in seq if isinstance(m, nn.Conv2d)]
+            layers = [_IntLayer(c, act=i < len(convs) - 1) for i, c in enumerate(convs)]
+            return [(lay, lay.w[:, :, 0, 0].t().contiguous()) for lay in layers]
+
+        self.ep_a = [None] + [ep(s) for s in list(context.ep_a)[1:]]
+        self.ep_n = [ep(s) for s in context.ep_n]
+
+    def __call__(self, k: int, anchors_pass: bool, decoded: Tensor | None,
+                 anchors: Tensor | None, scales_h: Tensor, means_h: Tensor, step: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """Group k's (scales, means) [1, g, H, W]: the pass's positions refined, the others
+        as h_s gave them. ``decoded``: the earlier groups, ``anchors``: this group's
+        (non-anchor pass only), ``step``: [1, g, 1, 1]; all integer-valued float64."""
+        if k == 0 and anchors_pass:
+            return scales_h, means_h
+        with torch.inference_mode():
+            _, g, H, W = scales_h.shape
+            ii, jj = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+            sel = ((ii + jj) % 2 == (0 if anchors_pass else 1)).reshape(-1)
+            pi, pj = ii.reshape(-1)[sel], jj.reshape(-1)[sel]
+            flat = lambda t: t[0].reshape(g, -1)[:, sel].t()          # noqa: E731
+            x = [self.chan[k](decoded, pi, pj)] if k else []
+            if not anchors_pass:
+                x.append(self.spat[k](anchors, pi, pj))
+            x = torch.cat(x + [flat(scales_h), flat(means_h), step[0, :, 0, 0].expand(len(pi), g)],
+                          1)
+            for layer, w in (self.ep_a if anchors_pass else self.ep_n)[k]:
+                x = _finish_rows(layer, torch.addmm(layer.b, x, w))
+            ds, dm = x.t().chunk(2, 0)
+            out = []
+            for base, d in ((scales_h, ds), (means_h, dm)):
+                o = base[0].reshape(g, -1).clone()
+                o[:, sel] = (o[:, sel] + d).clamp_(-ACT_LIMIT, ACT_LIMIT)
+                out.append(o.view(1, g, H, W))
+            return out[0], out[1]
+
+    def reference(self, k: int, anchors_pass: bool, decoded: Tensor | None,
+                  anchors: Tensor | None, scales_h: Tensor, means_h: Tensor, step: Tensor
+                  ) -> tuple[Tensor, Tensor]:
+        """The definition: float64 convolutions over the whole grid, the pass's positions kept."""
+        if k == 0 and anchors_pass:
+            return scales_h, means_h
+        with torch.inference_mode():
+            x = [self.chan[k].layer(decoded)] if k else []
+            if not anchors_pass:
+                x.append(self.spat[k].layer(anchors))
+            x = torch.cat(x + [scales_h, means_h, step.expand_as(scales_h)], 1)
+            for layer, _ in (self.ep_a if anchors_pass else self.ep_n)[k]:
+                x = layer(x)
+            ds, dm = x.chunk(2, 1)
+            m = _anchor_mask(*scales_h.shape[-2:]).double()
+            keep = m if anchors_pass else 1 - m
+            return ((scales_h + ds * keep).clamp_(-ACT_LIMIT, ACT_LIMIT),
+                    (means_h + dm * keep).clamp_(-ACT_LIMIT, ACT_LIMIT))

@@ -35,8 +35,8 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 from ._compressai import GDN, EntropyBottleneck, GaussianConditional, conv, deconv
 
-from .context import CheckerboardContext, anchor_mask
-from .intnet import (FRAC_BITS, IntegerContext, IntegerHyperSynthesis, gains_fixed,
+from .context import ELIC_GROUPS, CheckerboardContext, GroupedCheckerboardContext, anchor_mask
+from .intnet import (FRAC_BITS, IntegerContext, IntegerGroupedContext, IntegerHyperSynthesis, gains_fixed,
                      scale_indexes, scale_thresholds)
 from .rdoq import rd_round
 
@@ -237,17 +237,19 @@ class VariableRateHyperprior(nn.Module):
         gz_inv = self.gains(lv)[3].cpu()
         return self.h_s.cpu()(z_hat_g * gz_inv).chunk(2, 1)
 
-    def _index(self, scales: Tensor, means: Tensor, level: float, integer: bool
-               ) -> tuple[Tensor, Tensor]:
+    def _index(self, scales: Tensor, means: Tensor, level: float, integer: bool,
+               channels: slice = slice(None)) -> tuple[Tensor, Tensor]:
         """Ungained (scales, means) from ``_hyper`` -> the coder's CDF indexes and the gained
-        means: an exact integer comparison on the integer path."""
+        means: an exact integer comparison on the integer path. ``channels``: which of the
+        latent's channels the arguments hold (a channel group)."""
         if integer:
             gy, gy_int = gains_fixed(self.y_log_gain, level)
+            gy, gy_int = gy[channels], gy_int[channels]
             indexes = scale_indexes(scales, gy_int, self._cache()["thresholds"])
             gyt = torch.tensor(gy, dtype=torch.float64).view(1, -1, 1, 1)
             return indexes, (means * 2.0 ** -FRAC_BITS * gyt).float()
         lv = torch.full((scales.size(0),), float(level))
-        gy = self.gains(lv)[0].cpu()
+        gy = self.gains(lv)[0].cpu()[:, channels]
         return self.gaussian_conditional.build_indexes(scales * gy), means * gy
 
     def analyze(self, x: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
@@ -331,10 +333,11 @@ class VariableRateHyperprior(nn.Module):
         return tiled(self.g_s, y_hat, tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE
                      ).clamp_(0, 1)
 
-    def _ungain(self, symbols: Tensor, means_g: Tensor, level: float) -> Tensor:
+    def _ungain(self, symbols: Tensor, means_g: Tensor, level: float,
+                channels: slice = slice(None)) -> Tensor:
         gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
-        return (symbols.float() + means_g) * torch.tensor(gy_inv, dtype=torch.float32).view(
-            1, -1, 1, 1)
+        return (symbols.float() + means_g) * torch.tensor(gy_inv[channels],
+                                                          dtype=torch.float32).view(1, -1, 1, 1)
 
 
 
@@ -497,6 +500,175 @@ class CheckerboardHyperprior(VariableRateHyperprior):
                                   level, integer)
         sym[~mask] = decode(idx_c[~mask])
         y_hat = self._ungain(sym, torch.where(mask, mu_h, mu_c), level)
+        with synthesis or contextlib.nullcontext():
+            x_hat = self.synthesize(y_hat, device)
+        return x_hat.float(), symbols_crc(sym)
+
+
+class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
+    """vaecodec 2 with channel groups: the same transforms and hyperprior, y coded in uneven
+    channel groups with a checkerboard in each (He et al., "ELIC", CVPR 2022; see
+    context.GroupedCheckerboardContext). One rANS stream, 2 x groups parallel passes::
+
+        z_hat -> h_s -> (scales_h, means_h)
+                              |
+              for each group k:   earlier groups' y_hat --+
+                              v                            v
+                  anchors_k: params <- chan_k ----- Q -> [GC] -> anchors_k' y_hat
+                              |                                      |
+                  non-anchors_k: params <- chan_k + spat_k <---------+
+                                             Q -> [GC] -> group k's y_hat
+                                                             |
+                                all groups' y_hat -> g_s -> x_hat
+
+    Every network between decoded symbols and the coder runs in integers when coding.
+    """
+
+    LATENT_CODEC = "groups"
+
+    def __init__(self, N: int = 128, M: int = 192, lambdas: tuple[float, ...] = DEFAULT_LAMBDAS,
+                 groups: tuple[int, ...] = ELIC_GROUPS, chan: int = 64, spat: int = 64,
+                 hidden: int = 128, kernel: int = 5):
+        VariableRateHyperprior.__init__(self, N, M, lambdas)
+        self.context = GroupedCheckerboardContext(M, tuple(groups), chan, spat, hidden, kernel)
+
+    def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
+        """Joint training pass: every group's params from what the decoder will have (earlier
+        groups and the group's anchors rounded around their means), straight-through."""
+        y, scales_h, means_h, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
+        ctx = self.context
+        mask = anchor_mask(*y.shape[-2:], device=y.device).bool()
+        y_g = y * gy
+        scales, means, decoded = [], [], []
+        for k in range(len(ctx.groups)):
+            yk, g, g_inv, sh, mh = (ctx.slice(k, t) for t in (y_g, gy, gy_inv, scales_h, means_h))
+            prev = torch.cat(decoded, 1) if k else None
+            sa, ma = ctx.anchor_params(k, prev, sh, mh, g_inv)
+            a_hat = yk + (torch.round(yk - ma * g) + ma * g - yk).detach()
+            sn, mn = ctx.nonanchor_params(k, prev, a_hat * g_inv * mask, sh, mh, g_inv)
+            s, m = torch.where(mask, sa, sn), torch.where(mask, ma, mn)
+            decoded.append((yk + (torch.round(yk - m * g) + m * g - yk).detach()) * g_inv)
+            scales.append(s)
+            means.append(m)
+        scales, means = torch.cat(scales, 1), torch.cat(means, 1)
+        _, y_likelihoods = self.gaussian_conditional(y_g, scales * gy, means=means * gy)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            x_hat = self.g_s(torch.cat(decoded, 1))
+        return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+
+    def _cache(self) -> dict[str, Any]:
+        cache = VariableRateHyperprior._cache(self)
+        if "int_context" not in cache:
+            cache["int_context"] = IntegerGroupedContext(self.context)
+        return cache
+
+    def _group_params(self, k: int, anchors_pass: bool, decoded: Tensor | None,
+                      anchors: Tensor | None, scales_h: Tensor, means_h: Tensor,
+                      level: float, integer: bool, channels: slice) -> tuple[Tensor, Tensor]:
+        """Group k's ungained (scales, means) for one pass; integers on the 2^-12 grid on the
+        integer path, computed in tiles (exact, so the same as the whole grid's)."""
+        if k == 0 and anchors_pass:
+            return scales_h, means_h
+        g = scales_h.shape[1]
+        if integer:
+            gy_inv, _ = gains_fixed(self.y_log_gain_inv, level)
+            step = IntegerHyperSynthesis.to_grid(torch.tensor(gy_inv[channels]).view(1, -1, 1, 1))
+            f = self._cache()["int_context"]
+            parts = [scales_h, means_h]
+            parts += [IntegerHyperSynthesis.to_grid(anchors)] if not anchors_pass else []
+            parts += [IntegerHyperSynthesis.to_grid(decoded)] if k else []
+
+            def run(t: Tensor) -> Tensor:
+                a = t[:, 2 * g:3 * g] if not anchors_pass else None
+                d = t[:, (2 if anchors_pass else 3) * g:] if k else None
+                return torch.cat(f(k, anchors_pass, d, a, t[:, :g], t[:, g:2 * g], step), 1)
+
+            # the widest window is kernel // 2 latents; an even halo keeps each tile's
+            # checkerboard in phase with the whole grid's
+            halo = 2 * -(-max(self.context.kernel // 2, 1) // 2)
+            return tiled(run, torch.cat(parts, 1), TILE, halo, down=1, up=1).chunk(2, 1)
+        lv = torch.full((scales_h.size(0),), float(level))
+        step = self.gains(lv)[1].cpu()[:, channels]
+        ctx = self.context.cpu()
+        decoded = decoded.float() if decoded is not None else None
+        if anchors_pass:
+            return ctx.anchor_params(k, decoded, scales_h.float(), means_h.float(), step)
+        return ctx.nonanchor_params(k, decoded, anchors.float(), scales_h.float(),
+                                    means_h.float(), step)
+
+    def _code_groups(self, scales_h: Tensor, means_h: Tensor, level: float, integer: bool,
+                     code: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor | None], Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+        """The passes in coding order, shared by encoder and decoder: ``code(channels, part,
+        indexes, means_g, symbols)`` encodes or decodes the symbols at ``part`` and returns
+        the group's symbols so far. Returns all symbols and their gained means."""
+        ctx = self.context
+        mask = anchor_mask(*scales_h.shape[-2:]).bool()
+        syms, mus, decoded = [], [], []
+        for k in range(len(ctx.groups)):
+            c = slice(ctx.starts[k], ctx.starts[k] + ctx.groups[k])
+            sh, mh = scales_h[:, c], means_h[:, c]
+            prev = torch.cat(decoded, 1) if k else None
+            idx_a, mu_a = self._index(*self._group_params(k, True, prev, None, sh, mh, level,
+                                                          integer, c), level, integer, c)
+            sym = code(c, mask.expand_as(idx_a), idx_a, mu_a, None)
+            anchors = self._ungain(sym, mu_a, level, c) * mask
+            idx_n, mu_n = self._index(*self._group_params(k, False, prev, anchors, sh, mh,
+                                                          level, integer, c), level, integer, c)
+            sym = code(c, ~mask.expand_as(idx_n), idx_n, mu_n, sym)
+            mu = torch.where(mask, mu_a, mu_n)
+            decoded.append(self._ungain(sym, mu, level, c))
+            syms.append(sym)
+            mus.append(mu)
+        return torch.cat(syms, 1), torch.cat(mus, 1)
+
+    def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
+                        rdoq: bool = True) -> dict[str, Any]:
+        from ._compressai import BufferedRansEncoder
+
+        lv = torch.full((z.size(0),), float(level), device=z.device)
+        z = z * self.gains(lv)[2]
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat_g = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        scales_h, means_h = self._hyper(z_hat_g, level, integer)
+        gy, _ = gains_fixed(self.y_log_gain, level)
+        y_g = y.float().cpu() * torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
+        cache = self._cache()
+        enc = BufferedRansEncoder()
+
+        def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None) -> Tensor:
+            s = self._round(y_g[:, c] - mu, idx, level, rdoq)
+            enc.encode_with_indexes(s[part].tolist(), idx[part].tolist(), cache["cdf"],
+                                    cache["cdf_length"], cache["offset"])
+            return s if sym is None else torch.where(part, s, sym)
+
+        sym, means_g = self._code_groups(scales_h, means_h, level, integer, code)
+        return {"strings": [[enc.flush()], z_strings], "shape": tuple(z.shape[-2:]),
+                "symbols_crc": symbols_crc(sym), "y_hat": self._ungain(sym, means_g, level)}
+
+    def decompress(self, strings: list[list[bytes]], shape: tuple[int, int], level: float,
+                   integer: bool = True, device: torch.device | None = None,
+                   synthesis: Any = None) -> tuple[Tensor, int]:
+        import contextlib
+
+        import numpy as np
+        from ._compressai import RansDecoder
+
+        z_hat_g = self.entropy_bottleneck.decompress(strings[1], tuple(shape))
+        scales_h, means_h = self._hyper(z_hat_g, level, integer)
+        cache = self._cache()
+        dec = RansDecoder()
+        dec.set_stream(strings[0][0])
+
+        def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None) -> Tensor:
+            out = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
+            got = dec.decode_stream(idx[part].tolist(), cache["cdf"], cache["cdf_length"],
+                                    cache["offset"])
+            out[part] = torch.from_numpy(np.asarray(got, dtype=np.int32))
+            return out
+
+        sym, means_g = self._code_groups(scales_h, means_h, level, integer, code)
+        y_hat = self._ungain(sym, means_g, level)
         with synthesis or contextlib.nullcontext():
             x_hat = self.synthesize(y_hat, device)
         return x_hat.float(), symbols_crc(sym)

@@ -36,7 +36,8 @@ from PIL import Image
 import torch.distributed as dist
 
 from .codec import bf16_is_fast
-from .model import CheckerboardHyperprior, VariableRateHyperprior
+from .model import CheckerboardHyperprior, GroupedCheckerboardHyperprior, VariableRateHyperprior
+from .weights import MAX_GROUPS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
@@ -456,20 +457,34 @@ def _data_seed(seed: int, rank: int) -> int:
     return seed + rank * 2 ** 32
 
 
+#: The default model id of each latent codec's weights (the shipped files' stems).
+MODEL_IDS = {"hyperprior": "vaecodec-hyperprior-vr", "checkerboard": "vaecodec-checkerboard-vr",
+             "groups": "vaecodec-groups-vr"}
+
+
 def model_like(init_from: str | None, state: dict | None = None) -> VariableRateHyperprior:
     """A fresh model of the architecture that a checkpoint's state (when resuming or
     exporting) or the initial weights file (``--init-from``) hold: the hyperprior of
-    vaecodec 1, or the checkerboard of vaecodec 2 with the context sizes those tensors have.
+    vaecodec 1, or one of vaecodec 2's context models with the sizes those tensors have.
     Joint training of the checkerboard starts from weights made by ``vaecodec
     fit-context``."""
     if state is None and init_from and init_from.endswith(".safetensors"):
         from .weights import load_state, read_metadata
 
-        if read_metadata(init_from).get("architecture") == "CheckerboardHyperprior":
+        if read_metadata(init_from).get("architecture") in ("CheckerboardHyperprior",
+                                                            "GroupedCheckerboardHyperprior"):
             state = load_state(init_from)
     elif state is None and init_from:
         ck = torch.load(init_from, map_location="cpu", weights_only=True)
         state = (ck.get("ema") or ck.get("model") or ck) if isinstance(ck, dict) else None
+    if state is not None and "context.spat.0.weight" in state:
+        spat = [state[f"context.spat.{k}.weight"] for k in range(MAX_GROUPS)
+                if f"context.spat.{k}.weight" in state]
+        chan = state.get("context.chan.1.weight")
+        return GroupedCheckerboardHyperprior(
+            groups=tuple(w.shape[1] for w in spat), chan=chan.shape[0] if chan is not None else 1,
+            spat=spat[0].shape[0], hidden=state["context.ep_n.0.0.weight"].shape[0],
+            kernel=spat[0].shape[-1])
     if state is None or "context.ctx.weight" not in state:
         return VariableRateHyperprior()
     w = state["context.ctx.weight"]
@@ -527,8 +542,7 @@ def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
     model = model_like(None, state)
     model.load_state_dict(state)
     model.eval()
-    model_id = model_id or ("vaecodec-checkerboard-vr" if isinstance(model, CheckerboardHyperprior)
-                            else "vaecodec-hyperprior-vr")
+    model_id = model_id or MODEL_IDS[model.LATENT_CODEC]
     extra = {"steps": str(ck.get("step", 0)),
              "train_hours": f"{ck.get('elapsed', 0) / 3600:.2f}"}
     return weights.export(model, out, model_id, extra)

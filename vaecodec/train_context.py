@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .context import CheckerboardContext, anchor_mask
+from .context import CheckerboardContext, GroupedCheckerboardContext, anchor_mask
 from .model import Y_STRIDE, VariableRateHyperprior
 
 #: The held-out rate levels of the report: quality 10, 50 and 90 (level = quality / 100 * 9).
@@ -117,6 +117,43 @@ def context_bits(ctx: CheckerboardContext, p: Prior, noise: bool) -> tuple[Tenso
     return bits_a, bits_n
 
 
+def grouped_bits(ctx: GroupedCheckerboardContext, p: Prior, noise: bool) -> Tensor:
+    """Bits per image of the whole y, coded group by group, anchors then non-anchors, each
+    pass seeing what the decoder will have decoded before it."""
+    from ._compressai import LowerBound
+
+    bound = LowerBound(SCALE_BOUND)
+    mask = anchor_mask(*p.y_g.shape[-2:], device=p.y_g.device)
+    bits, decoded = 0, []
+
+    def cost(r: Tensor, sigma: Tensor, where: Tensor) -> Tensor:
+        v = r + torch.empty_like(r).uniform_(-0.5, 0.5) if noise else torch.round(r)
+        return (gaussian_bits(v, bound(sigma)) * where).flatten(1).sum(1)
+
+    for k in range(len(ctx.groups)):
+        y, gy, step, sh, mh = (ctx.slice(k, t) for t in (p.y_g, p.gy, p.step, p.scales_h,
+                                                            p.means_h))
+        prev = torch.cat(decoded, 1) if k else None
+        sa, ma = ctx.anchor_params(k, prev, sh, mh, step)
+        mu_a = ma * gy
+        bits = bits + cost(y - mu_a, sa * gy, mask)
+        anchors = ((torch.round(y - mu_a) + mu_a) * step * mask).detach()
+        sn, mn = ctx.nonanchor_params(k, prev, anchors, sh, mh, step)
+        mu_n = mn * gy
+        bits = bits + cost(y - mu_n, sn * gy, 1 - mask)
+        mu = torch.where(mask.bool(), mu_a, mu_n)
+        decoded.append(((torch.round(y - mu) + mu) * step).detach())
+    return bits
+
+
+def y_bits(ctx, p: Prior, noise: bool) -> Tensor:
+    """Bits per image of y under either context."""
+    if isinstance(ctx, GroupedCheckerboardContext):
+        return grouped_bits(ctx, p, noise)
+    a, n = context_bits(ctx, p, noise)
+    return a + n
+
+
 def baseline_bits(p: Prior) -> Tensor:
     """Bits per image of the whole y with the hyperprior alone (vaecodec 1), rounded."""
     mu_h = p.means_h * p.gy
@@ -135,10 +172,9 @@ def evaluate(model: VariableRateHyperprior, ctx: CheckerboardContext,
             base = new = 0.0
             for y in latents:
                 p = prior(model, y[None].float(), level)
-                a, n = context_bits(ctx, p, noise=False)
                 z = float(p.z_bits.sum())
                 base += float(baseline_bits(p).sum()) + z
-                new += float((a + n).sum()) + z
+                new += float(y_bits(ctx, p, noise=False).sum()) + z
             out[q] = new / base - 1
     return out
 
@@ -159,9 +195,27 @@ class ContextTrainConfig:
     ctx: int = 128
     hidden: int = 256
     kernel: int = 5
+    groups: tuple[int, ...] | None = None  # channel groups (e.g. ELIC_GROUPS); None: one
+    chan: int = 64                 # grouped: width of the conv over earlier groups
+    spat: int = 64                 # grouped: width of the conv over the group's anchors
     seed: int = 0
     threads: int = 0
     log: str | None = None
+
+
+def context_sizes(cfg: ContextTrainConfig) -> dict:
+    """The constructor arguments of the context ``cfg`` describes (kept with the fit)."""
+    if cfg.groups:
+        return {"groups": tuple(cfg.groups), "chan": cfg.chan, "spat": cfg.spat,
+                "hidden": cfg.hidden, "kernel": cfg.kernel}
+    return {"ctx": cfg.ctx, "hidden": cfg.hidden, "kernel": cfg.kernel}
+
+
+def make_context(cfg: ContextTrainConfig, M: int):
+    sizes = context_sizes(cfg)
+    if cfg.groups:
+        return GroupedCheckerboardContext(M, **sizes)
+    return CheckerboardContext(M, **sizes)
 
 
 def train_context(cfg: ContextTrainConfig) -> dict:
@@ -188,7 +242,7 @@ def train_context(cfg: ContextTrainConfig) -> dict:
     # whole held-out latents, cut to a multiple of 4 (the hyper-latent's stride)
     val = [y[:, :y.shape[1] // 4 * 4, :y.shape[2] // 4 * 4]
            for (n, k), y in zip(cache["names"], cache["y"]) if held_out(n) and k == 0]
-    ctx = CheckerboardContext(model.M, cfg.ctx, cfg.hidden, cfg.kernel)
+    ctx = make_context(cfg, model.M)
     opt = torch.optim.Adam(ctx.parameters(), lr=cfg.lr)
     log = open(cfg.log, "a") if cfg.log else None
 
@@ -231,31 +285,32 @@ def train_context(cfg: ContextTrainConfig) -> dict:
         level = torch.rand(cfg.batch) * (model.levels - 1)
         with torch.no_grad():
             p = prior(model, y, level)
-        a, n = context_bits(ctx, p, noise=True)
-        loss = n.mean() / (cfg.crop * Y_STRIDE) ** 2
+        loss = y_bits(ctx, p, noise=True).mean() / (cfg.crop * Y_STRIDE) ** 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(ctx.parameters(), 1.0)
         opt.step()
         step += 1
         if step % 100 == 0:
-            say(f"step {step} loss(bpp non-anchors) {loss.item():.4f} lr {lr:.2e}")
+            say(f"step {step} loss(bpp y) {loss.item():.4f} lr {lr:.2e}")
     result = {"steps": step, "minutes": (time.time() - t0) / 60, "held_out": best_score,
               "state": best or ctx.state_dict(),
-              "config": {"ctx": cfg.ctx, "hidden": cfg.hidden, "kernel": cfg.kernel}}
+              "config": context_sizes(cfg)}
     torch.save(result, cfg.out)
     return result
 
 
 def assemble(weights: str, context_state: dict | None = None, sizes: dict | None = None):
-    """A CheckerboardHyperprior from hyperprior weights and (optionally) a fitted context;
+    """A checkerboard model (with channel groups when ``sizes`` names them) from hyperprior
+    weights and (optionally) a fitted context;
     without one, the context is the zero-initialised one that codes like vaecodec 1."""
-    from .model import CheckerboardHyperprior
+    from .model import CheckerboardHyperprior, GroupedCheckerboardHyperprior
     from .weights import _CDF_BUFFERS, _architecture, load_state, read_metadata
 
     meta = read_metadata(weights)
     N, M, lambdas = _architecture(weights, meta)
-    model = CheckerboardHyperprior(N=N, M=M, lambdas=lambdas, **(sizes or {}))
+    cls = GroupedCheckerboardHyperprior if (sizes or {}).get("groups") else CheckerboardHyperprior
+    model = cls(N=N, M=M, lambdas=lambdas, **(sizes or {}))
     # the CDF tables are rebuilt by export; everything else must match by name
     state = {k: v for k, v in load_state(weights).items()
              if k.rsplit(".", 1)[-1] not in _CDF_BUFFERS}

@@ -29,8 +29,11 @@ DEFAULT_WEIGHTS = "vaecodec-checkerboard-vr.safetensors"
 ARCHITECTURE = "VariableRateHyperprior"
 #: Architectures a weights file may name (its ``architecture`` metadata), each a model class
 #: in model.py; the checkerboard's context sizes are read from the metadata too.
-ARCHITECTURES = ("VariableRateHyperprior", "CheckerboardHyperprior")
+ARCHITECTURES = ("VariableRateHyperprior", "CheckerboardHyperprior",
+                 "GroupedCheckerboardHyperprior")
 CONTEXT_KEYS = ("ctx", "hidden", "kernel")
+GROUPED_KEYS = ("chan", "spat", "hidden", "kernel")
+MAX_GROUPS = 16
 MAX_KERNEL = 7
 _CDF_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 MAX_CHANNELS = 512      # bounds N and M read from a file before a model is built from them
@@ -154,7 +157,7 @@ def _load_cached(path: str, mtime_ns: int, fast: bool = True) -> LoadedModel:
     N, M, lambdas = _architecture(path, meta)
     state = load_state(path)
     _check_shapes(path, state, N, M, len(lambdas))
-    model = getattr(models, arch)(N=N, M=M, lambdas=lambdas, **_context_sizes(path, meta, arch))
+    model = getattr(models, arch)(N=N, M=M, lambdas=lambdas, **_context_sizes(path, meta, arch, M))
     _resize_cdf_buffers(model, state)
     try:
         model.load_state_dict(state, strict=True)
@@ -202,16 +205,25 @@ def _architecture(path: str, meta: dict[str, str]) -> tuple[int, int, tuple[floa
     return N, M, lambdas
 
 
-def _context_sizes(path: str, meta: dict[str, str], arch: str) -> dict[str, int]:
-    """The checkerboard context's sizes, bounded like N and M."""
-    if arch != "CheckerboardHyperprior":
+def _context_sizes(path: str, meta: dict[str, str], arch: str, M: int = 0) -> dict:
+    """The context's sizes, bounded like N and M (and the groups must add up to M)."""
+    if arch == "VariableRateHyperprior":
         return {}
+    keys = GROUPED_KEYS if arch == "GroupedCheckerboardHyperprior" else CONTEXT_KEYS
     try:
-        sizes = {k: int(meta[k]) for k in CONTEXT_KEYS}
-    except (KeyError, ValueError) as e:
+        sizes: dict = {k: int(meta[k]) for k in keys}
+        if arch == "GroupedCheckerboardHyperprior":
+            groups = json.loads(meta["groups"])
+            if not isinstance(groups, list) or not all(isinstance(g, int) for g in groups):
+                raise ValueError("groups is not a list of integers")
+            sizes["groups"] = tuple(groups)
+    except (KeyError, ValueError, TypeError) as e:
         raise WeightsError(f"{path}: incomplete or invalid metadata ({e})") from None
-    if not (1 <= sizes["ctx"] <= MAX_CHANNELS and 1 <= sizes["hidden"] <= MAX_CHANNELS
-            and sizes["kernel"] in range(1, MAX_KERNEL + 1, 2)):
+    widths = [v for k, v in sizes.items() if k not in ("kernel", "groups")]
+    groups = sizes.get("groups", (M,))
+    if not (all(1 <= v <= MAX_CHANNELS for v in widths)
+            and sizes["kernel"] in range(1, MAX_KERNEL + 1, 2)
+            and 1 <= len(groups) <= MAX_GROUPS and min(groups) >= 1 and sum(groups) == M):
         raise WeightsError(f"{path}: context sizes {sizes} out of range")
     return sizes
 
@@ -257,10 +269,7 @@ def export(model: "VariableRateHyperprior", out: str | os.PathLike, model_id: st
         state[k] = v.half() if k in params and _stored_half(k, v) else v
     meta = {"architecture": type(model).__name__, "model_id": model_id, "N": str(model.N),
             "M": str(model.M), "lambdas": json.dumps([float(x) for x in model.lambdas])}
-    context = getattr(model, "context", None)
-    if context is not None:
-        meta.update(ctx=str(context.ctx.out_channels), hidden=str(context.ep[0].out_channels),
-                    kernel=str(context.kernel))
+    meta.update(context_metadata(model))
     meta.update(extra or {})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,6 +278,20 @@ def export(model: "VariableRateHyperprior", out: str | os.PathLike, model_id: st
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)
     return file_hash(out)
+
+
+def context_metadata(model: "torch.nn.Module") -> dict[str, str]:
+    """The context's constructor sizes as metadata strings (none for the hyperprior)."""
+    context = getattr(model, "context", None)
+    if context is None:
+        return {}
+    if hasattr(context, "groups"):
+        return {"groups": json.dumps(list(context.groups)),
+                "chan": str(context.chan[1].out_channels if len(context.groups) > 1 else 1),
+                "spat": str(context.spat[0].out_channels),
+                "hidden": str(context.ep_n[0][0].out_channels), "kernel": str(context.kernel)}
+    return {"ctx": str(context.ctx.out_channels), "hidden": str(context.ep[0].out_channels),
+            "kernel": str(context.kernel)}
 
 
 def _stored_half(name: str, t: "torch.Tensor") -> bool:
