@@ -47,8 +47,11 @@ def main(cmd, kodak, out, *rest):
     if not integer:
         loaded.model._cache()          # coder tables first, from the original h_s
         loaded.model.h_s = Float64(loaded.model.h_s)
-        if hasattr(loaded.model, "context"):      # the checkerboard's second network
-            loaded.model.context = Float64(loaded.model.context)
+        context = getattr(loaded.model, "context", None)
+        if hasattr(context, "anchor_params"):     # channel groups: called pass by pass
+            context.double()
+        elif context is not None:                 # the checkerboard's second network
+            loaded.model.context = Float64(context)
     res = {}
     for f in sorted(out.glob("*.vae")):
         c = vaecodec.bitstream.unpack(f.read_bytes())

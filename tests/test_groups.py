@@ -169,7 +169,7 @@ def test_group_params_tile_and_thread_bit_for_bit(files, monkeypatch):
 def test_fitting_lowers_the_held_out_bits():
     """A few steps of the cached-latent fit on real latents: the bits it reports are the
     real rounded bits, and training on the same latents lowers them (the zero start
-    reports exactly the hyperprior's)."""
+    reports the hyperprior's bits)."""
     m = weights.load(v1_weights(), fast=False).model
     im = Image.open(PARROTS).convert("RGB")
     x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float() / 255
@@ -181,7 +181,8 @@ def test_fitting_lowers_the_held_out_bits():
 
     torch.manual_seed(0)
     ctx = GroupedCheckerboardContext(m.M, **context_sizes(cfg))
-    assert all(abs(v) < 1e-9 for v in evaluate(m, ctx, [y], (50.0,)).values())
+    # the same bits up to float32 summation order (which differs by CPU kind)
+    assert all(abs(v) < 1e-6 for v in evaluate(m, ctx, [y], (50.0,)).values())
     opt = torch.optim.Adam(ctx.parameters(), lr=1e-3)
     level = torch.full((1,), 4.5)
     for _ in range(30):

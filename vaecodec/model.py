@@ -587,14 +587,16 @@ class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
             # checkerboard in phase with the whole grid's
             halo = 2 * -(-max(self.context.kernel // 2, 1) // 2)
             return tiled(run, torch.cat(parts, 1), TILE, halo, down=1, up=1).chunk(2, 1)
-        lv = torch.full((scales_h.size(0),), float(level))
-        step = self.gains(lv)[1].cpu()[:, channels]
+        # the float control, in the context's own precision
         ctx = self.context.cpu()
-        decoded = decoded.float() if decoded is not None else None
-        if anchors_pass:
-            return ctx.anchor_params(k, decoded, scales_h.float(), means_h.float(), step)
-        return ctx.nonanchor_params(k, decoded, anchors.float(), scales_h.float(),
-                                    means_h.float(), step)
+        dt = ctx.spat[0].weight.dtype
+        lv = torch.full((scales_h.size(0),), float(level))
+        step = self.gains(lv)[1].cpu()[:, channels].to(dt)
+        decoded = decoded.to(dt) if decoded is not None else None
+        sh, mh = scales_h.to(dt), means_h.to(dt)
+        out = (ctx.anchor_params(k, decoded, sh, mh, step) if anchors_pass else
+               ctx.nonanchor_params(k, decoded, anchors.to(dt), sh, mh, step))
+        return out[0].float(), out[1].float()
 
     def _code_groups(self, scales_h: Tensor, means_h: Tensor, level: float, integer: bool,
                      code: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor | None], Tensor]

@@ -198,6 +198,7 @@ class ContextTrainConfig:
     groups: tuple[int, ...] | None = None  # channel groups (e.g. ELIC_GROUPS); None: one
     chan: int = 64                 # grouped: width of the conv over earlier groups
     spat: int = 64                 # grouped: width of the conv over the group's anchors
+    init: str | None = None        # a previous fit's output (same sizes) to continue from
     seed: int = 0
     threads: int = 0
     log: str | None = None
@@ -243,6 +244,8 @@ def train_context(cfg: ContextTrainConfig) -> dict:
     val = [y[:, :y.shape[1] // 4 * 4, :y.shape[2] // 4 * 4]
            for (n, k), y in zip(cache["names"], cache["y"]) if held_out(n) and k == 0]
     ctx = make_context(cfg, model.M)
+    if cfg.init:
+        ctx.load_state_dict(torch.load(cfg.init, weights_only=True)["state"])
     opt = torch.optim.Adam(ctx.parameters(), lr=cfg.lr)
     log = open(cfg.log, "a") if cfg.log else None
 
