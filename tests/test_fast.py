@@ -45,9 +45,9 @@ def test_cli_fast_flags(tmp_path):
 def test_fast_without_bf16_hardware_is_the_exact_coder(kodim, monkeypatch):
     """A CPU that would emulate bfloat16 (AVX2 only: ~90x slower than float32) runs --fast
     in float32, so it gives the exact coder's bytes and pixels rather than a slow crawl."""
-    from vaecodec import codec
+    from vaecodec import fastpath
 
-    monkeypatch.setattr(codec, "bf16_is_fast", lambda dev: False)
+    monkeypatch.setattr(fastpath, "bf16_is_fast", lambda dev: False)
     im = kodim(15).crop((0, 0, 256, 192))
     data = vaecodec.encode(im, 50)
     assert vaecodec.encode(im, 50, fast=True) == data
@@ -55,6 +55,6 @@ def test_fast_without_bf16_hardware_is_the_exact_coder(kodim, monkeypatch):
 
 
 def test_bf16_is_fast_answers_for_this_machine():
-    from vaecodec.codec import bf16_is_fast
+    from vaecodec.fastpath import bf16_is_fast
 
     assert bf16_is_fast("cpu") in (True, False)

@@ -87,3 +87,30 @@ def test_saturating_int8_gemm_is_detected(monkeypatch):
         assert not intnet._exact_int8_gemm()
     finally:
         intnet._exact_int8_gemm.cache_clear()
+
+
+def test_cpu_flags_decide_without_probes(monkeypatch):
+    """Where /proc/cpuinfo says whether int8 dot products exist, the choice needs no timing
+    race, and without them not even the exactness probe (the cold start pays for neither)."""
+    def probe():
+        raise AssertionError("probed")
+
+    intnet._int8_gemm_pays.cache_clear()
+    try:
+        monkeypatch.setattr(intnet, "_cpu_has_vnni", lambda: False)
+        monkeypatch.setattr(intnet, "_exact_int8_gemm", probe)
+        assert not intnet._int8_gemm_pays()
+        intnet._int8_gemm_pays.cache_clear()
+        monkeypatch.setattr(intnet, "_cpu_has_vnni", lambda: True)
+        monkeypatch.setattr(intnet, "_exact_int8_gemm", lambda: True)
+        assert intnet._int8_gemm_pays()
+    finally:
+        intnet._int8_gemm_pays.cache_clear()
+
+
+def test_cpu_flags_are_read_here():
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("reads /proc/cpuinfo's x86 flags")
+    assert intnet._cpu_has_vnni() in (True, False)

@@ -17,7 +17,7 @@ from vaecodec.train import export_checkpoint
 
 from conftest import natural_image
 
-# Runs `-m vaecodec.train` as torchrun would, after making each process print a hash of its
+# Runs `-m vaecodec train` as torchrun would, after making each process print a hash of its
 # parameters when it leaves the process group: the only way to see rank 1's weights without
 # a test mode in the package.
 LAUNCHER = """\
@@ -48,7 +48,7 @@ def report(*args, **kwargs):
 
 torch.nn.parallel.DistributedDataParallel = Recording
 dist.destroy_process_group = report
-runpy.run_module("vaecodec.train", run_name="__main__", alter_sys=True)
+runpy.run_module("vaecodec", run_name="__main__", alter_sys=True)
 """
 
 
@@ -65,7 +65,7 @@ def test_two_processes_train_as_one(tmp_path):
     # --standalone: a rendezvous on a free local port, so parallel test runs do not collide
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(launcher), *args, "--steps", "3"],
+         str(launcher), "train", *args, "--steps", "3"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     out = res.stdout + res.stderr

@@ -436,7 +436,7 @@ def train(data_dir: str, out: str, resume: str | None, init_from: str | None, st
 
     \b
     Several GPUs or machines (DistributedDataParallel, nccl on GPUs, gloo on CPUs):
-      torchrun --nproc_per_node=N -m vaecodec.train DATA_DIR --out CKPT --device cuda ...
+      torchrun --nproc_per_node=N -m vaecodec train DATA_DIR --out CKPT --device cuda ...
     """
     from .train import TrainConfig, train as run
 

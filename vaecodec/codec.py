@@ -168,29 +168,11 @@ def bf16(dev, on: bool):
 
     import torch
 
-    if not on or not bf16_is_fast(dev):
+    from . import fastpath
+
+    if not on or not fastpath.bf16_is_fast(dev):
         return contextlib.nullcontext()
     return torch.autocast(dev.type, dtype=torch.bfloat16)
-
-
-def bf16_is_fast(dev) -> bool:
-    """Whether bfloat16 autocast speeds ``dev`` up rather than slowing it down.
-
-    On an x86 CPU without bfloat16 dot products (AVX2 only, as some of our 2-core EPYC
-    machines are) oneDNN emulates them: a 5x5 128->128 convolution took 18 s instead of
-    0.2 s in float32 there. Such a CPU runs the transforms in float32 instead, which gives the
-    exact coder's output; the caller asked for speed, not for bfloat16."""
-    import torch
-
-    dev = torch.device(dev)
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if dev.type != "cpu":
-        return True
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _check_effort(effort: int) -> int:
@@ -254,7 +236,8 @@ def _bounded_for_range_decoder(coded: Coded, model) -> tuple[bytes, bytes]:
     """Pad both strings with zeros so CompressAI's range decoder stays inside them.
 
     Its C++ rANS decoder reads the string without bounds checks: every symbol it decodes may
-    pull one more 32-bit word, whether or not the string has one (CompressAI issue #300).
+    pull one more 32-bit word, whether or not the string has one (reported upstream:
+    https://github.com/InterDigitalInc/CompressAI/issues/300).
     On a hostile file (valid CRC, garbage or truncated strings) it then reads whatever memory
     follows: a different image on every run, or a segfault (a 68-byte file declaring
     256x256 with empty strings crashes the process). A valid string is consumed exactly, so

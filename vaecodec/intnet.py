@@ -58,11 +58,19 @@ class _IntLayer:
         self.stride, self.padding = layer.stride, layer.padding
         self.output_padding = getattr(layer, "output_padding", 0)
         self.act = act
-        self.gemm = _LimbGemm3x3(self.w, self.b, self.transposed, self.stride, self.padding,
-                                 self.output_padding)
+        self._gemm = None
+
+    @property
+    def gemm(self) -> _LimbGemm3x3:
+        """Built on first use: splitting the weights into limbs costs ~0.1 s a layer, wasted
+        on a cold start where float64 is the faster path anyway."""
+        if self._gemm is None:
+            self._gemm = _LimbGemm3x3(self.w, self.b, self.transposed, self.stride,
+                                      self.padding, self.output_padding)
+        return self._gemm
 
     def __call__(self, x: Tensor) -> Tensor:
-        acc = self.gemm(x) if self.gemm.usable and _int8_gemm_pays() else self.reference(x)
+        acc = self.gemm(x) if _int8_gemm_pays() and self.gemm.usable else self.reference(x)
         x = torch.floor(acc * self.down + 0.5)
         if self.act:
             x = torch.where(x < 0, torch.floor(x * LEAK), x)
@@ -167,16 +175,40 @@ def _exact_int8_gemm() -> bool:
     return True
 
 
+def _cpu_has_vnni() -> bool | None:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX), from
+    /proc/cpuinfo; None where that cannot say (not Linux, not x86, or oneDNN's ISA capped by
+    ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA, so that the kernels torch picks are unknown)."""
+    import os
+
+    if os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return None
+
+
 @lru_cache(maxsize=1)
 def _int8_gemm_pays() -> bool:
     """Exact, and faster than float64 here. Both give the same integers, so the choice is
     only about time. A layer costs 4-6 int8 GEMMs (limb pairs) against one float64 GEMM:
-    with VNNI-class kernels int8 is ~20x faster and wins; where torch's int8 GEMM has only
-    generic kernels (seen under ONEDNN_MAX_CPU_ISA=SSE41: ~2.5x) float64 is faster."""
+    with VNNI-class kernels int8 is ~20x faster and wins; without them (AVX2 only, or
+    generic kernels as under ONEDNN_MAX_CPU_ISA=SSE41: ~2.5x) float64 is faster. The CPU's
+    flags decide where they can, which keeps the probes (~0.4 s on a 2-core AVX2 machine) off
+    a cold start; elsewhere a short race does."""
     import time
 
-    if not _exact_int8_gemm():
+    vnni = _cpu_has_vnni()
+    if vnni is False or not _exact_int8_gemm():
         return False
+    if vnni:
+        return True
     a, b = torch.ones(256, 1152, dtype=torch.int8), torch.ones(1152, 256, dtype=torch.int8)
     ad, bd = a.double(), b.double()
 

@@ -47,9 +47,9 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
     Runs tile by tile, each tile with its neighbours' current latents as fixed context, so
     memory stays bounded on big images; an image of at most TILE x TILE latents is searched
     whole. The same inputs and seed give the same result on one machine. bfloat16 autocast
-    only where it is fast (``codec.bf16_is_fast``): emulated on an AVX2-only CPU it made an
+    only where it is fast (``fastpath.bf16_is_fast``): emulated on an AVX2-only CPU it made an
     effort-2 search ~15x slower than float32."""
-    from .codec import bf16_is_fast
+    from .fastpath import bf16_is_fast
 
     autocast = autocast and bf16_is_fast(x.device)
     with torch.inference_mode(False), torch.enable_grad():

@@ -35,7 +35,7 @@ from PIL import Image
 
 import torch.distributed as dist
 
-from .codec import bf16_is_fast
+from .fastpath import bf16_is_fast
 from .model import CheckerboardHyperprior, GroupedCheckerboardHyperprior, VariableRateHyperprior
 from .weights import MAX_GROUPS
 
@@ -546,11 +546,3 @@ def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
     extra = {"steps": str(ck.get("step", 0)),
              "train_hours": f"{ck.get('elapsed', 0) / 3600:.2f}"}
     return weights.export(model, out, model_id, extra)
-
-
-if __name__ == "__main__":
-    # `torchrun ... -m vaecodec.train` starts one of these per process; the options are the
-    # `vaecodec train` command's.
-    from .cli import train as _train_command
-
-    _train_command(prog_name="python -m vaecodec.train")
