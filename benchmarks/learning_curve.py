@@ -12,7 +12,7 @@ quality over the images, the BD-rate against the JPEG curve of the committed Kod
 (benchmarks/kodak/results.json, measured on the same 24 images), and the mean
 rate-distortion loss lambda * 255^2 * MSE + bpp at those qualities (the training objective,
 each quality at its own lambda). Results are merged into results.json (keyed by file name and
-step), so points from several sessions accumulate; with three or more points of one lambda
+step), so points from several training runs accumulate; with three or more points of one lambda
 grid the loss is fitted as L(t) = a + b * t^-c (t = total training steps) and the fit's
 forecast printed.
 """

@@ -1,4 +1,4 @@
-"""The GPU-session tools (tools/gpu/) work on the CPU, so a lent machine's minutes are not
+"""The GPU tools (tools/gpu/) work on the CPU, so a lent machine's minutes are not
 spent finding their bugs: the half-precision EMA file a GPU run returns can be exported,
 encoded with and trained from, and the cross-device check runs and reports."""
 
