@@ -1,10 +1,11 @@
-"""Issue #5's last check: files encoded on the GPU decode on the CPU, and the reverse.
+"""The cross-device check: files encoded on the GPU decode on the CPU, and the reverse.
 
 For every image and quality: encode on each device, decode each file on each device. A
 decode that reads other symbols than the encoder wrote fails on the symbol CRC, so
 "decoded" means identical symbols; the table also gives PSNR against the original and the
 largest pixel difference between the CPU and GPU decodes of the same file (the float
-synthesis transform may round differently; issue #5 allows that, within 0.01 dB).
+synthesis transform may round differently; the decodes of one file should stay within
+0.01 dB of each other). Results: benchmarks/crossdevice/, described in benchmarks/README.md.
 
     python3 tools/gpu/crossdevice.py .gpu/kodak --out $OUT/crossdevice.json
     python3 tools/gpu/crossdevice.py ../shared/data/kodak --devices cpu,cpu --limit 1  # dry run

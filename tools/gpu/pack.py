@@ -6,8 +6,8 @@ machine cannot reach the package registries or ``../shared``. So this packs:
 - ``.gpu/train/``: the 625 training photos as JPEG quality 90 with 4:4:4 chroma (~44 MB; the
   PNGs are 172 MB). Most are JPEG-origin already, and training washes residual blocking out
   with its 2x-downscaled crops, so one more mild JPEG pass costs little.
-- ``.gpu/kodak/``: the 24 Kodak PNGs, unchanged, for the cross-device check (issue #5). It is
-  carried by a separate call: with the training set it would exceed the limit.
+- ``.gpu/kodak/``: the 24 Kodak PNGs, unchanged, for the cross-device check. They are
+  carried by a separate call: with the training set they would exceed the limit.
 - ``.gpu/whl/``: the CompressAI and pytorch-msssim wheels for the GPU image's Python (3.12);
   torch, torchvision, numpy, Pillow, click, safetensors, tqdm and matplotlib are already there.
 
