@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .bitstream import Header
     from .weights import LoadedModel
 
-__version__ = "1.0.0"
+__version__ = "2.0.0.dev0"
 __all__ = ["encode", "decode", "read_header", "VaecodecError", "__version__"]
 
 DEFAULT_QUALITY = 75.0

@@ -108,7 +108,8 @@ _jobs_option = click.option(
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vaecodec")
 def main() -> None:
-    """vaecodec: a learned image codec (hyperprior VAE, one model for every rate)."""
+    """vaecodec: a learned image codec (hyperprior VAE with a context model, one model for
+    every rate)."""
 
 
 @main.command(epilog=EPILOG)
@@ -387,8 +388,8 @@ def info(file: str, as_json: bool) -> None:
 @friendly_errors
 def bench(directory: str, codecs: str | None, qualities: str | None, out: str | None,
           jobs: int, reference: tuple[str, ...], quiet: bool) -> None:
-    """Compare vaecodec with JPEG, PNG, WebP, AVIF (and JPEG 2000) on DIRECTORY's images:
-    bpp from whole files, PSNR, MS-SSIM, speed, BD-rate against JPEG, an RD plot."""
+    """Compare vaecodec with JPEG, PNG, WebP, AVIF, JPEG XL (and JPEG 2000) on DIRECTORY's
+    images: bpp from whole files, PSNR, MS-SSIM, speed, BD-rate against JPEG, an RD plot."""
     from . import bench as bench_mod
 
     try:
