@@ -1,6 +1,7 @@
 """Rate control: --size / --target-bpp / --target-psnr, on real photos with the shipped weights."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import vaecodec
 from vaecodec import ratecontrol
 from vaecodec.image import psnr as psnr_u8
 
-from conftest import run_cli
+from conftest import kodak_photo, run_cli
 
 
 @pytest.mark.parametrize("n,bpp", [(1, 0.5), (23, 0.3), (5, 1.0)])
@@ -72,9 +73,17 @@ def test_search_survives_a_flat_and_jumpy_curve():
     assert s.value == 5000
 
 
-def test_cli_size_and_reported_quality(kodak, tmp_path):
+@pytest.fixture
+def photo7() -> Path:
+    path = kodak_photo(7)
+    if path is None:
+        pytest.skip("kodim07 is neither in ../shared/data/kodak nor in tests/data")
+    return path
+
+
+def test_cli_size_and_reported_quality(photo7, tmp_path):
     out = tmp_path / "a.vae"
-    r = run_cli("encode", kodak / "kodim07.png", "-o", out, "--size", "30k")
+    r = run_cli("encode", photo7, "-o", out, "--size", "30k")
     assert r.returncode == 0, r.stderr
     assert 0.97 * 30000 <= out.stat().st_size <= 30000
     q = vaecodec.read_header(out.read_bytes()).quality
@@ -86,16 +95,16 @@ def test_cli_size_and_reported_quality(kodak, tmp_path):
     (["--size", "ten"], "is not a size"),
     (["--target-psnr", "-3"], "target-psnr"),
 ])
-def test_cli_bad_targets_are_usage_errors(kodak, tmp_path, args, msg):
+def test_cli_bad_targets_are_usage_errors(photo7, tmp_path, args, msg):
     out = tmp_path / "a.vae"
-    r = run_cli("encode", kodak / "kodim07.png", "-o", out, *args)
+    r = run_cli("encode", photo7, "-o", out, *args)
     assert r.returncode == 2 and msg in r.stderr.decode()
     assert not out.exists()
 
 
-def test_cli_impossible_size_fails_without_output(kodak, tmp_path):
+def test_cli_impossible_size_fails_without_output(photo7, tmp_path):
     out = tmp_path / "a.vae"
-    r = run_cli("encode", kodak / "kodim07.png", "-o", out, "--size", "100")
+    r = run_cli("encode", photo7, "-o", out, "--size", "100")
     assert r.returncode == 1
     err = r.stderr.decode()
     assert err.count("\n") == 1 and "cannot fit in 100 bytes" in err
