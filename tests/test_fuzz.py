@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import json
 import os
 import resource
 import struct
@@ -45,6 +46,11 @@ DECODER_EXAMPLES = max(LONG // 10, 1) if LONG else 300
 PIXEL_CAP = 160 * 160          # the decoder target's MAX_PIXELS: keeps every decode fast
 HANG_SECONDS = 10              # one input (two decodes of at most PIXEL_CAP) never takes longer
 WATCHDOG_SECONDS = 120         # a true hang kills the run with a traceback instead of idling
+BOMB_MIB = 512                 # what the hostile metadata and alpha chunks inflate to
+# Peak RSS a fresh decoder process may add over warm decodes at PIXEL_CAP: one metadata
+# chunk at its inflate limit (16 MiB) and its copies, plus allocator slack (the suite's run
+# adds ~45 MB). A bomb inflated without a limit adds ~1 GB (BOMB_MIB and a copy).
+MEMORY_MB = 160
 
 FUZZ = settings(
     derandomize=not LONG,      # the suite run is reproducible; the long run explores
@@ -87,10 +93,22 @@ def seeds() -> tuple[bytes, ...]:
     )
 
 
+def deflate_bomb(mib: int) -> bytes:
+    """A zlib stream of ``mib`` MiB of zeros, built from one flushed block repeated (a 512 MiB
+    bomb in milliseconds instead of compressing 512 MiB), with the Adler-32 of the whole."""
+    c = zlib.compressobj(9)
+    zeros = bytes(1 << 20)
+    first = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    end = c.flush()[:-4]
+    adler = ((mib << 20) % 65521) << 16 | 1       # Adler-32 of n zeros: a = 1, b = n mod 65521
+    return first + block * (mib - 1) + end + struct.pack(">I", adler)
+
+
 @lru_cache(maxsize=1)
 def hostile_chunks() -> tuple[tuple[bytes, bytes], ...]:
     """Side chunks a hostile encoder could write (valid CRC): bombs, junk, unknown tags."""
-    bomb = zlib.compress(bytes(64 << 20), 9)          # 64 KB that inflates to 64 MiB
+    bomb = deflate_bomb(BOMB_MIB)                     # 0.5 MB that inflates to 512 MiB
     return (
         (bitstream.TAG_ICC, bomb), (bitstream.TAG_XMP, bomb), (bitstream.TAG_ALPHA, bomb),
         (bitstream.TAG_ICC, b"not zlib"), (bitstream.TAG_ICC, zlib.compress(b"x" * 200)),
@@ -109,22 +127,37 @@ def reseal(data: bytes) -> bytes:
 
 
 def layout(data: bytes) -> dict[str, tuple[int, str]]:
-    """Offset and struct format of every field of a valid file (README, "Container format")."""
-    f = {"version": (4, "B"), "mode": (5, "B"), "latent codec": (6, "B"), "flags": (7, "B"),
-         "width": (16, ">I"),
-         "height": (20, ">I"), "quality": (24, ">I"), "z height": (28, ">H"),
-         "z width": (30, ">H"), "model id length": (32, "B")}
-    pos = 33 + data[32]
-    for name in ("y length", "z length"):
-        f[name] = (pos, ">I")
-        pos += 4 + struct.unpack_from(">I", data, pos)[0]
+    """Offset and struct format of every field of a valid file, version 1 or 2 (bitstream's
+    docstring and the README, "Container format"), so that mutations can aim at each one.
+    Blobs (magic, hash, model id, strings, chunk tags and payloads) are ``"<n>s"``; the fields
+    tile the file exactly, which ``test_layout_matches_the_parser`` checks."""
+    f = {"magic": (0, "4s"), "version": (4, "B"), "mode": (5, "B"), "model hash": (8, "8s"),
+         "width": (16, ">I"), "height": (20, ">I"), "quality": (24, ">I"),
+         "z height": (28, ">H"), "z width": (30, ">H"), "model id length": (32, "B")}
+    if data[4] == 1:                # one 2-byte zero field where version 2 has two bytes
+        f["flags"] = (6, ">H")
+    else:
+        f["latent codec"], f["flags"] = (6, "B"), (7, "B")
+    pos = 33
+    f["model id"] = (pos, f"{data[32]}s")
+    pos += data[32]
+    for name in ("y", "z"):
+        f[f"{name} length"] = (pos, ">I")
+        n = struct.unpack_from(">I", data, pos)[0]
+        f[f"{name} string"] = (pos + 4, f"{n}s")
+        pos += 4 + n
     f["symbols crc"] = (pos, ">I")
-    pos += 4
-    f["chunk count"] = (pos, "B")
-    pos += 1
+    f["chunk count"] = (pos + 4, "B")
+    pos += 5
     for i in range(data[pos - 1]):
+        n = struct.unpack_from(">I", data, pos + 4)[0]
+        f[f"chunk {i} tag"] = (pos, "4s")
         f[f"chunk {i} length"] = (pos + 4, ">I")
-        pos += 8 + struct.unpack_from(">I", data, pos + 4)[0]
+        f[f"chunk {i} data"] = (pos + 8, f"{n}s")
+        pos += 8 + n
+    f["crc"] = (pos, ">I")
+    if pos + 4 != len(data):
+        raise ValueError(f"fields end at byte {pos + 4} of a {len(data)}-byte file")
     return f
 
 
@@ -171,25 +204,39 @@ def structured(draw, data: bytes) -> bytes:
         return bitstream.pack(c)
 
 
+def field_value(draw, fmt: str) -> bytes:
+    """New bytes for a field: an extreme or any value for integers, same-length junk (a
+    repeated pattern, so a long string costs one short draw) for blobs."""
+    if fmt.endswith("s"):
+        n = struct.calcsize(fmt)
+        pattern = draw(st.binary(min_size=1, max_size=max(min(n, 16), 1)))
+        return (pattern * (n // len(pattern) + 1))[:n]
+    top = 2 ** (8 * struct.calcsize(fmt)) - 1
+    return struct.pack(fmt, draw(st.sampled_from(EXTREMES[fmt]) | st.integers(0, top)))
+
+
+#: (format version, field name) -> how many mutants had that field replaced
+FIELD_HITS: dict[tuple[int, str], int] = {}
+
+
 @st.composite
 def byte_level(draw, data: bytes) -> bytes:
-    """Header fields set to extremes, bit flips, truncations, insertions, deletions."""
+    """Fields set to extremes, bit flips, truncations, insertions, deletions. Field changes
+    come first, aimed with the layout of the intact container (same-length values keep
+    every offset valid); after a truncation or an insertion there would be no layout left."""
+    fields = layout(data)
     b = bytearray(data)
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["field", "field", "flip", "truncate", "insert",
-                                     "delete", "overwrite"]))
+    kinds = draw(st.lists(st.sampled_from(["field", "field", "flip", "truncate", "insert",
+                                           "delete", "overwrite"]), min_size=1, max_size=3))
+    for kind in sorted(kinds, key=lambda k: k != "field"):
         n = len(b)
         lo = min(4, n) if draw(st.integers(0, 9)) else 0   # mostly past the magic bytes
         if kind == "field":
-            try:
-                fields = layout(bytes(b))
-            except (IndexError, struct.error):
-                continue
-            off, fmt = fields[draw(st.sampled_from(sorted(fields)))]
-            top = 2 ** (8 * struct.calcsize(fmt)) - 1
-            value = draw(st.sampled_from(EXTREMES[fmt]) | st.integers(0, top))
-            if off + struct.calcsize(fmt) <= n:
-                struct.pack_into(fmt, b, off, value)
+            name = draw(st.sampled_from(sorted(fields)))
+            off, fmt = fields[name]
+            value = field_value(draw, fmt)
+            b[off:off + len(value)] = value
+            FIELD_HITS[data[4], name] = FIELD_HITS.get((data[4], name), 0) + 1
         elif kind == "flip" and n > lo:
             b[draw(st.integers(lo, n - 1))] ^= 1 << draw(st.integers(0, 7))
         elif kind == "truncate":
@@ -301,24 +348,121 @@ def _peak_rss_mb() -> float:
 
 
 def test_parser_survives_mutated_files():
+    FIELD_HITS.clear()
     _fuzz_parser()
+    # The field mutations ran, on every field of both format versions.
+    wanted = {(data[4], name) for data in seeds() for name in layout(data)}
+    missed = sorted(wanted - set(FIELD_HITS))
+    assert not missed, f"fields never mutated: {missed}"
 
 
 def test_parser_survives_random_bytes_after_the_magic():
     _fuzz_parser_random()
 
 
-def test_decoder_survives_mutated_files():
-    seeds()
-    weights.load()
+def test_layout_matches_the_parser():
+    """The layout the field mutations aim with reads every field of a real file where the
+    parser does, in both versions, and leaves no byte out."""
+    versions = set()
+    for data in seeds():
+        f, c = layout(data), bitstream.unpack(data)
+        h = c.header
+
+        def get(name):
+            off, fmt = f[name]
+            return struct.unpack_from(fmt, data, off)[0]
+
+        versions.add(h.version)
+        assert (get("magic"), get("version")) == (bitstream.MAGIC, h.version)
+        assert bitstream.MODES[get("mode")] == h.mode and get("flags") == 0
+        if h.version == 1:
+            assert "latent codec" not in f and f["flags"] == (6, ">H")
+            assert h.latent_codec == "hyperprior"
+        else:
+            assert bitstream.LATENT_CODECS[get("latent codec")] == h.latent_codec
+        assert get("model hash") == h.model_hash
+        assert (get("width"), get("height")) == (h.width, h.height)
+        assert struct.unpack(">f", struct.pack(">I", get("quality")))[0] == h.quality
+        assert (get("z height"), get("z width")) == h.z_shape
+        assert get("model id length") == len(h.model_id)
+        assert get("model id") == h.model_id.encode("ascii")
+        for name, string in (("y", c.y_string), ("z", c.z_string)):
+            assert (get(f"{name} length"), get(f"{name} string")) == (len(string), string)
+        assert get("symbols crc") == h.symbols_crc
+        assert get("chunk count") == len(c.side)
+        chunks = {get(f"chunk {i} tag"): (get(f"chunk {i} length"), get(f"chunk {i} data"))
+                  for i in range(len(c.side))}
+        assert chunks == {t: (len(d), d) for t, d in c.side.items()}
+        assert get("crc") == zlib.crc32(data[:-4])
+        spans = sorted((off, off + struct.calcsize(fmt)) for off, fmt in f.values())
+        assert spans[0][0] == 0 and spans[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:])), spans
+    assert versions == set(bitstream.VERSIONS)
+    assert any(bitstream.unpack(d).side for d in seeds())
+
+
+def bomb_files(files) -> list[bytes]:
+    """Every file with each hostile chunk that inflates to BOMB_MIB (re-sealed, valid)."""
+    out = []
+    for data in files:
+        for tag, payload in hostile_chunks()[:3]:
+            c = bitstream.unpack(data)
+            c.side[tag] = payload
+            out.append(bitstream.pack(c))
+    return out
+
+
+def decoder_run(seed_dir: Path, unbounded: bool = False) -> dict:
+    """The decoder fuzz run and the bombs, in a fresh process (``ru_maxrss`` is a high-water
+    mark: in the test process, earlier tests' peaks would hide a bomb). The baseline is the
+    peak after a decode of a PIXEL_CAP image with metadata by every installed model (the
+    seeds use them all). ``unbounded`` is the
+    control: metadata inflated without a limit, one bomb only."""
+    global seeds
+    files = tuple(p.read_bytes() for p in sorted(seed_dir.glob("*.vae")))
+    seeds = lambda: files                                      # noqa: E731
+    for path in weights.installed():          # the seeds' models, each loaded and used once
+        vaecodec.decode(vaecodec.encode(_with_metadata(natural_image(160, 160, seed=6)), 50,
+                                        model=path, keep_metadata=True), model=path)
     before = _peak_rss_mb()
     OUTCOMES.clear()
     with pixel_cap(PIXEL_CAP):
-        _fuzz_decoder()
+        if unbounded:
+            from vaecodec import image
+            image._inflate = lambda data, what, limit=0: zlib.decompress(data)
+            try:
+                vaecodec.decode(bomb_files(files[:1])[0])      # the ICC bomb
+            except VaecodecError:
+                pass
+        else:
+            _fuzz_decoder()
+            for data in bomb_files(files):
+                check_decoder(data)
+    return {"outcomes": OUTCOMES, "growth_mb": _peak_rss_mb() - before}
+
+
+def run_decoder_child(tmp_path: Path, *flags: str) -> dict:
+    for i, data in enumerate(seeds()):
+        (tmp_path / f"{i:02d}.vae").write_bytes(data)
+    r = subprocess.run([sys.executable, __file__, "decoder", str(tmp_path), *flags],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_decoder_survives_mutated_files(tmp_path):
+    res = run_decoder_child(tmp_path)
     # Not vacuous: many mutants got through every check and were decoded.
-    assert OUTCOMES.get("image", 0) >= DECODER_EXAMPLES // 10, OUTCOMES
-    # Nothing allocated beyond what a PIXEL_CAP image needs (a 64 MiB bomb is refused).
-    assert _peak_rss_mb() - before < 1024, f"peak RSS grew by {_peak_rss_mb() - before:.0f} MB"
+    assert res["outcomes"].get("image", 0) >= DECODER_EXAMPLES // 10, res
+    # Nothing allocated beyond what a PIXEL_CAP image needs (a BOMB_MIB bomb is refused).
+    assert res["growth_mb"] < MEMORY_MB, f"peak RSS grew by {res['growth_mb']:.0f} MB"
+
+
+def test_memory_check_sees_an_unbounded_inflate(tmp_path):
+    """The control: with metadata inflated without a limit, the same measurement sees the
+    bombs, so the bound above is one a real bomb cannot pass."""
+    res = run_decoder_child(tmp_path, "unbounded")
+    assert res["growth_mb"] > MEMORY_MB, res
 
 
 def test_seeds_decode():
@@ -376,3 +520,8 @@ def test_regression_empty_strings_decode_the_same_every_time():
     first = outcome()
     for _ in range(3):
         assert outcome() == first
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["decoder"]:
+        print(json.dumps(decoder_run(Path(sys.argv[2]), "unbounded" in sys.argv[3:])))
