@@ -84,3 +84,42 @@ def test_train_turns_bf16_off_where_it_would_be_emulated(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "bf16 off" in res.output
     assert torch.load(ck, weights_only=True)["config"]["bf16"] is False
+
+
+def test_export_records_the_total_training(tmp_path):
+    """Weights trained in segments record every segment: an export adds the steps and hours
+    of the weights a run started from (their metadata, or a checkpoint's counters) to the
+    run's own, through --init-from and --resume alike."""
+    from vaecodec import weights
+    from vaecodec.model import VariableRateHyperprior
+
+    init = tmp_path / "init.safetensors"
+    weights.export(VariableRateHyperprior(), init, "init", {"steps": "10", "train_hours": "0.50"})
+    data = tmp_path / "data"
+    data.mkdir()
+    natural_image(80, 72).save(data / "img.png")
+    r = CliRunner()
+
+    def train(ck, *more):
+        args = ["train", str(data), "--out", str(ck), "--crop", "64", "--batch-size", "1",
+                "--threads", "1", *more]
+        res = r.invoke(main, args, catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+
+    def exported(ck) -> dict[str, str]:
+        w = tmp_path / f"{ck.stem}.safetensors"
+        res = r.invoke(main, ["export", str(ck), str(w)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return weights.read_metadata(w)
+
+    ck = tmp_path / "a.pt"
+    train(ck, "--steps", "2", "--init-from", str(init))
+    assert torch.load(ck, weights_only=True)["step"] == 2       # the schedule's own count
+    meta = exported(ck)
+    assert meta["steps"] == "12"
+    assert 0.50 <= float(meta["train_hours"]) < 0.6
+    train(ck, "--steps", "3", "--resume", str(ck))
+    assert exported(ck)["steps"] == "13"
+    b = tmp_path / "b.pt"                                   # from a checkpoint, not weights
+    train(b, "--steps", "1", "--init-from", str(ck))
+    assert exported(b)["steps"] == "14"

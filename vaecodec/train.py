@@ -28,6 +28,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -341,10 +342,12 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         step, elapsed = ck["step"], ck["elapsed"]
+        prior = Prior(int(ck.get("prior_steps", 0)), float(ck.get("prior_hours", 0.0)))
         rng.seed(_data_seed(cfg.seed, ctx.rank) + step)
         say(f"resumed {resume} at step {step} ({elapsed / 3600:.2f} h)")
     else:
         ck = None
+        prior = prior_training(cfg.init_from)
         if cfg.init_from:
             say("init:", load_init(model, cfg.init_from, cfg.init_lambda))
         ema.load_state_dict(model.state_dict())
@@ -433,17 +436,17 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
                                     f"{float(aux.detach()):.2f}"])
                     log_f.flush()
             if time.time() - last_ck > cfg.checkpoint_minutes * 60:
-                save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg)
+                save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg, prior)
                 last_ck = time.time()
             if cfg.snapshot_minutes and time.time() - last_snap > cfg.snapshot_minutes * 60:
-                save_snapshot(out, ema, step, clock())
+                save_snapshot(out, ema, step, clock(), prior)
                 last_snap = time.time()
     finally:
         bar.close()
         if log_f:
             log_f.close()
     if lead:
-        save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg)
+        save_checkpoint(out, model, ema, opt, aux_opt, step, clock(), cfg, prior)
         print(f"done: {step} steps, {clock() / 3600:.2f} h -> {out}")
     if ctx.world > 1:
         # every process returns only once the checkpoint is on disk
@@ -500,24 +503,54 @@ def sample_levels(n: int, levels: int, end_weight: float) -> torch.Tensor:
     return (torch.rand(n) * (hi - lo) + lo).clamp(0, levels - 1)
 
 
-def save_snapshot(out: Path, ema, step: int, elapsed: float) -> Path:
+class Prior(NamedTuple):
+    """Training the starting weights had before this run (steps, hours). A checkpoint's own
+    ``step`` and ``elapsed`` stay this run's (the schedule runs on them); an export adds the
+    two, so weights trained in segments (``--init-from``, ``--resume``) record the totals."""
+
+    steps: int = 0
+    hours: float = 0.0
+
+
+def prior_training(init_from: str | None) -> Prior:
+    """The totals recorded by the weights a run starts from: a weights file's metadata, or a
+    checkpoint's counters (its own prior included); nothing for a single-rate state_dict."""
+    if not init_from:
+        return Prior()
+    if init_from.endswith(".safetensors"):
+        from .weights import read_metadata
+
+        meta = read_metadata(init_from)
+        try:
+            return Prior(int(meta.get("steps", 0)), float(meta.get("train_hours", 0.0)))
+        except ValueError:
+            return Prior()
+    ck = torch.load(init_from, map_location="cpu", weights_only=True)
+    if not (isinstance(ck, dict) and "step" in ck):
+        return Prior()
+    return Prior(int(ck.get("prior_steps", 0)) + int(ck["step"]),
+                 float(ck.get("prior_hours", 0.0)) + float(ck.get("elapsed", 0.0)) / 3600)
+
+
+def save_snapshot(out: Path, ema, step: int, elapsed: float, prior: Prior = Prior()) -> Path:
     """EMA weights only, named by step, for the learning curve (export_checkpoint reads them)."""
     path = out.with_name(f"{out.stem}-ema-{step:07d}.pt")
     tmp = path.with_suffix(".tmp")
-    torch.save({"ema": _cpu(ema.state_dict()), "step": step, "elapsed": elapsed}, tmp)
+    torch.save({"ema": _cpu(ema.state_dict()), "step": step, "elapsed": elapsed,
+                "prior_steps": prior.steps, "prior_hours": prior.hours}, tmp)
     os.replace(tmp, path)
     return path
 
 
 def save_checkpoint(out: Path, model, ema, opt, aux_opt, step: int, elapsed: float,
-                    cfg: TrainConfig) -> None:
+                    cfg: TrainConfig, prior: Prior = Prior()) -> None:
     """Written to a temp file and renamed, so an interrupted save never corrupts the last one.
     Tensors are saved from the CPU, so a checkpoint from a GPU run loads anywhere."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     torch.save(_cpu({"model": model.state_dict(), "ema": ema.state_dict(),
                      "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step,
-                     "elapsed": elapsed,
+                     "elapsed": elapsed, "prior_steps": prior.steps, "prior_hours": prior.hours,
                      "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}), tmp)
     os.replace(tmp, out)
 
@@ -534,7 +567,8 @@ def _cpu(obj):
 
 def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
                       use_ema: bool = True) -> bytes:
-    """Checkpoint -> shipped safetensors file (EMA weights by default). Returns its hash."""
+    """Checkpoint -> shipped safetensors file (EMA weights by default). Returns its hash.
+    Its ``steps`` and ``train_hours`` are the totals: the starting weights' and this run's."""
     from . import weights
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -543,6 +577,7 @@ def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
     model.load_state_dict(state)
     model.eval()
     model_id = model_id or MODEL_IDS[model.LATENT_CODEC]
-    extra = {"steps": str(ck.get("step", 0)),
-             "train_hours": f"{ck.get('elapsed', 0) / 3600:.2f}"}
+    hours = float(ck.get("prior_hours", 0.0)) + ck.get("elapsed", 0) / 3600
+    extra = {"steps": str(int(ck.get("prior_steps", 0)) + ck.get("step", 0)),
+             "train_hours": f"{hours:.2f}"}
     return weights.export(model, out, model_id, extra)
