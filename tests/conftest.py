@@ -12,6 +12,19 @@ ROOT = Path(__file__).resolve().parent.parent
 KODAK = Path(os.environ.get("VAECODEC_TEST_KODAK", ROOT.parent / "shared" / "data" / "kodak"))
 
 
+@pytest.fixture(autouse=True)
+def torch_global_state():
+    """Training tests run in-process and set torch's thread count and seed for themselves;
+    without this every later test would run on their one thread and seeded RNG (slower, and
+    blind to what differs between runs)."""
+    import torch
+
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    torch.set_rng_state(rng)
+
+
 @pytest.fixture(scope="session")
 def kodak() -> Path:
     if not KODAK.is_dir():
