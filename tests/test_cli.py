@@ -67,7 +67,7 @@ def test_info_prints_the_header(png, tmp_path):
     assert invoke("encode", png, "-o", out, "-q", "55.5", "--quiet").output == ""
     r = invoke("info", out)
     assert r.exit_code == 0
-    for s in ("150x100", "RGB", "55.5", "vaecodec-checkerboard-vr", "bpp", str(out.stat().st_size)):
+    for s in ("150x100", "RGB", "55.5", "vaecodec-groups-vr", "bpp", str(out.stat().st_size)):
         assert s in r.output
 
 
@@ -177,7 +177,7 @@ def test_info_json_for_scripts(png, tmp_path):
     doc = json.loads(invoke("info", out, "--json").output)
     size = out.stat().st_size
     assert (doc["width"], doc["height"], doc["mode"], doc["quality"]) == (150, 100, "RGB", 40.0)
-    assert doc["model_id"] == "vaecodec-checkerboard-vr" and len(doc["model_hash"]) == 16
+    assert doc["model_id"] == "vaecodec-groups-vr" and len(doc["model_hash"]) == 16
     assert doc["bytes"] == size and doc["bpp"] == pytest.approx(8 * size / (150 * 100))
     assert doc["y_bytes"] + doc["z_bytes"] + doc["side_bytes"] < size
     assert doc["z_shape"] == [2, 3] and doc["y_shape"] == [8, 12]

@@ -46,10 +46,10 @@ def test_search_never_keeps_a_worse_result(monkeypatch):
     assert vaecodec.encode(im, 40, effort=1) == vaecodec.encode(im, 40)
 
 
-def test_search_never_makes_a_checkerboard_file_worse(kodim):
+def test_search_never_makes_a_context_file_worse(kodim):
     im = kodim(23).crop((256, 128, 512, 384))
     plain = vaecodec.encode(im, 50)
-    assert vaecodec.read_header(plain).latent_codec == "checkerboard"
+    assert vaecodec.read_header(plain).latent_codec == "groups"
     assert rd_cost(im, vaecodec.encode(im, 50, effort=1)) <= rd_cost(im, plain) + 1e-9
 
 

@@ -30,8 +30,8 @@ Examples:
   vaecodec info photo.vae --json
   cat photo.png | vaecodec encode - -o - > photo.vae
   vaecodec bench kodak/ --out results/
-  vaecodec train photos/ --out ckpt.pt --minutes 120 --init-from models/vaecodec-checkerboard-vr.safetensors
-  vaecodec export ckpt.pt models/vaecodec-checkerboard-vr.safetensors
+  vaecodec train photos/ --out ckpt.pt --minutes 120 --init-from models/vaecodec-groups-vr.safetensors
+  vaecodec export ckpt.pt models/vaecodec-groups-vr.safetensors
 """
 
 #: --format choices -> Pillow format names (image.OUTPUT_FORMATS has the extensions).

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .model import VariableRateHyperprior
 
-DEFAULT_WEIGHTS = "vaecodec-checkerboard-vr.safetensors"
+DEFAULT_WEIGHTS = "vaecodec-groups-vr.safetensors"
 ARCHITECTURE = "VariableRateHyperprior"
 #: Architectures a weights file may name (its ``architecture`` metadata), each a model class
 #: in model.py; the checkerboard's context sizes are read from the metadata too.

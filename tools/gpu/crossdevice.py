@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--out", default="crossdevice.json")
     ap.add_argument("--devices", default="cuda,cpu")
     ap.add_argument("--qualities", default="10,50,90")
-    ap.add_argument("--model", default="models/vaecodec-checkerboard-vr.safetensors")
+    ap.add_argument("--model", default="models/vaecodec-groups-vr.safetensors")
     ap.add_argument("--limit", type=int, default=0)
     a = ap.parse_args()
     import torch

@@ -9,7 +9,7 @@ set -eo pipefail
 : "${OUT:=/tmp/out}" "${MINUTES:=7}" "${BATCH:=16}" "${CROP:=256}" "${LR:=2e-4}" "${DEVICE:=cuda}"
 mkdir -p "$OUT" /tmp/ck
 python3 -m vaecodec train .gpu/train --out /tmp/ck/gpu.pt --device "$DEVICE" \
-    --init-from "${INIT:-models/vaecodec-checkerboard-vr.safetensors}" --minutes "$MINUTES" \
+    --init-from "${INIT:-models/vaecodec-groups-vr.safetensors}" --minutes "$MINUTES" \
     ${STEPS:+--steps $STEPS} --batch-size "$BATCH" --crop "$CROP" --lr "$LR" \
     --decay-frac 0.2 --log "$OUT/gpu-train.csv"
 python3 tools/gpu/shrink.py /tmp/ck/gpu.pt "$OUT/gpu-ema-fp16.pt"
