@@ -639,10 +639,14 @@ class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
         enc = BufferedRansEncoder()
 
         def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None) -> Tensor:
-            s = self._round(y_g[:, c] - mu, idx, level, rdoq)
-            enc.encode_with_indexes(s[part].tolist(), idx[part].tolist(), cache["cdf"],
+            # only this pass's half is rounded: the other half's means are not known yet
+            ip = idx[part]
+            s = self._round((y_g[:, c] - mu)[part], ip, level, rdoq)
+            enc.encode_with_indexes(s.tolist(), ip.tolist(), cache["cdf"],
                                     cache["cdf_length"], cache["offset"])
-            return s if sym is None else torch.where(part, s, sym)
+            out = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
+            out[part] = s
+            return out
 
         sym, means_g = self._code_groups(scales_h, means_h, level, integer, code)
         return {"strings": [[enc.flush()], z_strings], "shape": tuple(z.shape[-2:]),
