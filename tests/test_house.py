@@ -80,7 +80,7 @@ def tracked_texts() -> list[Path]:
                              check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
-    keep = {".py", ".md", ".toml", ".sh", ".txt", ""}
+    keep = {".py", ".md", ".toml", ".sh", ".txt", ".json", ""}
     return [ROOT / f for f in out
             if Path(f).suffix in keep and not f.startswith("tests/regressions")
             and f != "CHANGELOG.md" and (ROOT / f).is_file()]
