@@ -38,7 +38,6 @@ import csv
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -253,6 +252,8 @@ def seam_stats(orig, dec) -> dict[str, float | None]:
     half-way between them; row chunks keep the extra memory small."""
     import numpy as np
 
+    from vaecodec.metrics import psnr_from_mse
+
     h, w = orig.shape[:2]
     ex, mx = _band_masks(w)
     ey, my = _band_masks(h)
@@ -271,8 +272,7 @@ def seam_stats(orig, dec) -> dict[str, float | None]:
     def p(s, n):
         if n == 0:
             return None
-        mse = s / (3 * n)
-        return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+        return psnr_from_mse(s / (3 * n))
 
     return {"psnr": p(*sums["whole"]), "psnr_band": p(*sums["band"]),
             "psnr_control": p(*sums["control"]), "band_px": sums["band"][1]}
@@ -397,32 +397,14 @@ def run_child(op: str, *args, threads: int, trace: bool) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
+def machine_info() -> dict:
     """Versions without importing torch: the parent stays small (see ``_peak_mb``)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from vaecodec import machine
 
-    def ver(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    import vaecodec
-
-    repo = Path(vaecodec.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=repo).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, cwd=repo).stdout.strip() != ""
-    except OSError:
-        commit, dirty = "", None
-    return {"platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
-            "python": platform.python_version(), "torch": ver("torch"),
-            "compressai": ver("compressai"), "pillow": ver("pillow"),
-            "vaecodec": vaecodec.__version__, "git_commit": commit,
-            "vaecodec_uncommitted_changes": dirty}
+    commit, dirty = machine.source_revision()
+    return {**machine.info(), "loadavg_at_start": list(os.getloadavg()),
+            **machine.versions(("torch", "compressai", "pillow", "vaecodec")),
+            "git_commit": commit, "vaecodec_uncommitted_changes": dirty}
 
 
 COLUMNS = ["mp", "width", "height", "bytes", "bpp", "psnr", "psnr_band", "psnr_control",
@@ -466,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tmp.name) if tmp else a.workdir
     work.mkdir(parents=True, exist_ok=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    info = machine()
+    info = machine_info()
     kw = {"threads": a.threads, "trace": a.trace}
 
     print(f"building test images from {a.kodak_dir} ...", flush=True)

@@ -9,7 +9,7 @@ Each repeat runs, one after the other in a fresh process each: ``python -c "impo
 ``vaecodec --help`` and ``vaecodec info T.vae``; interleaving them spreads the drift of a
 shared machine over all five (their CPU time is recorded too). The first repeat is a warm-up for the page cache and is not
 counted. Ratios are of medians (and of minima, the steadier figure on a busy machine).
-The goal: encode and decode within 1.5x of ``import torch``. The machine (lscpu's model
+The goal: encode and decode within 1.5x of ``import torch``. The machine (the CPU's model
 name, cores, load average before and after) is recorded with the numbers.
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -29,16 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
+from vaecodec import machine
 
 
 def vaecodec_command() -> list[str]:
@@ -104,9 +94,7 @@ def main() -> None:
         "config": {"image": a.image, "repeat": a.repeat, "vaecodec_bytes": size,
                    "commands": {k: " ".join(v) for k, v in cmds.items()},
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-        "machine": {"cpu_model": cpu_model(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-                    "torch": torch.__version__, "platform": platform.platform(),
+        "machine": {**machine.info(), "torch": torch.__version__,
                     "loadavg_before": load_before, "loadavg_after": load_after},
         "seconds": {"median": med, "min": low, "all": times},
         # CPU time is steadier than wall time on a shared machine, but not the same measure:
@@ -118,7 +106,7 @@ def main() -> None:
     }
     for k, r in ratios.items():
         print(f"{k}: {r['median']:.2f}x (median), {r['min']:.2f}x (min)")
-    print(f"import torch: median {med['import_torch']:.2f} s; machine: {cpu_model()}, "
+    print(f"import torch: median {med['import_torch']:.2f} s; machine: {machine.cpu_model()}, "
           f"{os.cpu_count()} CPUs, load {load_before[0]:.2f} -> {load_after[0]:.2f}")
     if a.out:
         out = Path(a.out)

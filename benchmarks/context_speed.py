@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 import warnings
@@ -27,8 +26,8 @@ from PIL import Image
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 import vaecodec  # noqa: E402
-from vaecodec import weights  # noqa: E402
-from vaecodec.image import psnr  # noqa: E402
+from vaecodec import machine, weights  # noqa: E402
+from vaecodec.metrics import psnr  # noqa: E402
 
 V1_HASH = "47ee00b1d1cbe06d"
 
@@ -40,16 +39,6 @@ def best(f, repeat: int):
         out = f()
         t.append(time.perf_counter() - t0)
     return min(t), out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -98,8 +87,7 @@ def main() -> None:
     }
     doc = {"command": " ".join(["python", *sys.argv]), "quality": a.quality,
            "threads": torch.get_num_threads(), "repeat": a.repeat,
-           "machine": {"cpu": cpu_name(), "python": platform.python_version(),
-                       "torch": torch.__version__},
+           "machine": {**machine.info(), "torch": torch.__version__},
            "weights": {k: f"{w.name} ({weights.file_hash(w).hex()})" for k, w in sides.items()},
            "summary": summary, "images": rows}
     out = Path(a.out)

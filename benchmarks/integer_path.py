@@ -6,15 +6,13 @@ the integer path against the float path, same weights, same images, same process
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vaecodec import codec, image, weights
+from vaecodec import codec, image, machine, metrics, weights
 from vaecodec.bench import bd_psnr, bd_rate
 
 QUALITIES = (0, 15, 30, 45, 60, 80, 100)
@@ -28,8 +26,7 @@ def measure(rgb, q, loaded, integer):
     out = codec.decode_pixels(c, loaded, integer=integer)
     dec = time.perf_counter() - t
     nbytes = len(c.y_string) + len(c.z_string)
-    mse = ((rgb.astype(np.float64) - out.astype(np.float64)) ** 2).mean()
-    return 8 * nbytes / (rgb.shape[0] * rgb.shape[1]), 10 * np.log10(255 ** 2 / mse), enc, dec
+    return 8 * nbytes / (rgb.shape[0] * rgb.shape[1]), metrics.psnr(rgb, out), enc, dec
 
 
 def main():
@@ -53,7 +50,7 @@ def main():
         "decode_s_float": float(f[:, 3].mean()), "decode_s_integer": float(i[:, 3].mean()),
         "encode_s_float": float(f[:, 2].mean()), "encode_s_integer": float(i[:, 2].mean()),
         "images": len(files), "qualities": QUALITIES,
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads()},
+        "machine": machine.info(),
         "note": "bpp counts the entropy-coded strings only (the container adds the same bytes to both)",
         "per_quality": {"float": res["float"], "integer": res["integer"],
                         "columns": ["bpp", "psnr", "enc_s", "dec_s"]},

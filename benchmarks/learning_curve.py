@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -61,7 +60,7 @@ def weights_file(path: Path, tmp: Path) -> tuple[Path, int, float]:
 
 def measure(wfile: Path, images: list[Path], qualities: list[float]) -> dict:
     import vaecodec
-    from vaecodec import weights
+    from vaecodec import metrics, weights
     from vaecodec.codec import quality_to_level
 
     model = weights.load(wfile).model
@@ -73,17 +72,16 @@ def measure(wfile: Path, images: list[Path], qualities: list[float]) -> dict:
                 im = im.convert("RGB")
             data = vaecodec.encode(im, q, model=wfile, rdoq=False)
             out = vaecodec.decode(data, model=wfile)
-            a = np.asarray(im, dtype=np.float64)
-            m = float(((a - np.asarray(out, dtype=np.float64)) ** 2).mean())
+            m = metrics.mse(im, out)
             bpp.append(8 * len(data) / (im.width * im.height))
-            psnr.append(10 * math.log10(255 ** 2 / m))
-            mse.append(m / 255 ** 2)
+            psnr.append(metrics.psnr_from_mse(m))
+            mse.append(m)
         import torch
 
         lam = float(model.lambda_at(torch.tensor([quality_to_level(q, model.levels)]))[0])
         per_q.append({"quality": q, "lambda": lam, "bpp": float(np.mean(bpp)),
                       "psnr": float(np.mean(psnr)),
-                      "loss": float(lam * 255 ** 2 * np.mean(mse) + np.mean(bpp))})
+                      "loss": float(metrics.rd_cost(lam, np.mean(mse), np.mean(bpp)))})
     grid = [round(float(v), 6) for v in model.lambdas]
     return {"qualities": per_q, "lambdas": grid,
             "loss": float(np.mean([p["loss"] for p in per_q]))}

@@ -14,8 +14,6 @@ import argparse
 import csv
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -26,7 +24,8 @@ import torch
 from PIL import Image
 
 import vaecodec
-from vaecodec import ratecontrol
+from vaecodec import machine, ratecontrol
+from vaecodec.metrics import psnr
 
 FAR = 0.97        # the issue: "lands within 3% below" the size target
 PSNR_MISS = 0.2   # the issue: "--target-psnr lands within 0.2 dB"
@@ -50,22 +49,8 @@ def _last_search():
     return _searches[-1] if _searches else None
 
 
-def rgb_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB over all three 8-bit channels, peak 255."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
 def _floats(value: str) -> list[float]:
     return [float(v) for v in value.split(",") if v.strip()]
-
-
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def timed_encode(im: Image.Image, **target):
@@ -120,7 +105,7 @@ def psnr_row(im: Image.Image, rgb: np.ndarray, name: str, target: float, plain_s
     if data is None:
         return row
     q = float(vaecodec.read_header(data).quality)
-    real = rgb_psnr(rgb, np.asarray(vaecodec.decode(data).convert("RGB")))
+    real = psnr(rgb, vaecodec.decode(data))
     e = real - target
     row.update(bytes=len(data), bpp=8 * len(data) / (w * h), quality=q, psnr=real,
                search_value=float(s.value) if s else None, error=e)
@@ -256,6 +241,7 @@ def main() -> None:
 
     summary = summarize(rows, bpps, psnrs, len(files))
     print(summary)
+    commit, dirty = machine.source_revision()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -265,12 +251,9 @@ def main() -> None:
         "size_tolerance": "fit_size default", "max_tries": ratecontrol.MAX_TRIES,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "vaecodec_dirty": bool(_git("status", "--porcelain", "--", "vaecodec")),
+        "git_commit": commit, "vaecodec_dirty": bool(dirty),
     }
-    machine = {"platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-               "vaecodec": vaecodec.__version__}
+    host = {**machine.info(), "torch": torch.__version__, "vaecodec": vaecodec.__version__}
     notes = {
         "size rows": "target_bytes = int(bpp*w*h/8); ratio = bytes/target_bytes; try_list = "
                      "[quality, bytes] per try",
@@ -283,7 +266,7 @@ def main() -> None:
                   "out-of-range (psnr); error",
     }
     (out / "results.json").write_text(json.dumps(
-        _finite({"config": config, "machine": machine, "notes": notes, "summary_md": summary,
+        _finite({"config": config, "machine": host, "notes": notes, "summary_md": summary,
                  "rows": rows}), indent=1, allow_nan=False) + "\n")
     cols = ["image", "width", "height", "kind", "target", "target_bytes", "bytes", "bpp", "ratio",
             "quality", "psnr", "search_value", "error", "tries", "seconds", "plain_seconds",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import sys
 import time
@@ -53,8 +52,8 @@ from PIL import Image
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 import vaecodec  # noqa: E402
-from vaecodec import codec, weights  # noqa: E402
-from vaecodec.image import psnr  # noqa: E402
+from vaecodec import codec, machine, weights  # noqa: E402
+from vaecodec.metrics import psnr  # noqa: E402
 from vaecodec.intnet import gains_fixed  # noqa: E402
 
 
@@ -213,7 +212,7 @@ def main() -> None:
 
     summary = {
         "images": len(rows), "quality": a.quality, "threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()}, {_cpu_name()}",
+        "machine": machine.info(),
         "torch": torch.__version__,
         "total_s": {k: round(tot(k), 3) for k in (
             "vaecodec_enc_s", "vaecodec_dec_s", "fast_enc_s", "fast_dec_s", "rdoq_enc_s",
@@ -244,16 +243,6 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({"summary": summary, "images": rows},
                                                  indent=1) + "\n")
     print(json.dumps(summary, indent=1))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" x{torch.get_num_threads()} threads"
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

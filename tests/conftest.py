@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vaecodec import metrics
+from vaecodec.metrics import psnr  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 # VAECODEC_TEST_KODAK=/nowhere runs the suite as a clone without ../shared would
 KODAK = Path(os.environ.get("VAECODEC_TEST_KODAK", ROOT.parent / "shared" / "data" / "kodak"))
@@ -57,13 +60,6 @@ def kodim():
     return load
 
 
-def psnr(a: Image.Image, b: Image.Image) -> float:
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = ((x - y) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
-
-
 def rd_cost(im: Image.Image, data: bytes) -> float:
     """The training objective measured on a file: lambda * MSE(8-bit) + bits per pixel, at
     the lambda of the file's quality (header and checksums included: the same few bytes for
@@ -74,8 +70,8 @@ def rd_cost(im: Image.Image, data: bytes) -> float:
     model = weights.load().model
     lam = model.lambda_for(codec.quality_to_level(vaecodec.read_header(data).quality,
                                                   model.levels))
-    err = np.asarray(vaecodec.decode(data), np.float64) - np.asarray(im, np.float64)
-    return lam * float(np.mean(err * err)) + 8 * len(data) / (im.width * im.height)
+    return metrics.rd_cost(lam, metrics.mse(vaecodec.decode(data), im),
+                           8 * len(data) / (im.width * im.height))
 
 
 def run_cli(*args, input: bytes | None = None, cwd=None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import pytest
 
 import vaecodec
 from vaecodec import ratecontrol
-from vaecodec.image import psnr as psnr_u8
+from vaecodec.metrics import psnr as psnr_u8
 
 from conftest import kodak_photo, run_cli
 

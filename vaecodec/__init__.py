@@ -71,7 +71,7 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
             bpp: float | None, psnr: float | None, model: str | os.PathLike | None,
             device: str | None, keep_metadata: bool, fast: bool, effort: int, rdoq: bool,
             frame: int | None) -> bytes:
-    from . import bitstream, codec, image as image_io, ratecontrol, weights
+    from . import bitstream, codec, image as image_io, metrics, ratecontrol, weights
 
     codec._check_effort(effort)
     targets = {k: v for k, v in (("size", size), ("bpp", bpp), ("psnr", psnr)) if v is not None}
@@ -100,8 +100,8 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
     if psnr is not None:
         def try_psnr(q: float) -> tuple[bytes, float]:
             coded, y_hat = codec.code_at(analysis, q, loaded, effort=effort, rdoq=rdoq)
-            return pack(coded), image_io.psnr(planes.rgb, codec.reconstruct(analysis, y_hat,
-                                                                             loaded))
+            return pack(coded), metrics.psnr(planes.rgb, codec.reconstruct(analysis, y_hat,
+                                                                           loaded))
 
         return ratecontrol.fit_psnr(try_psnr, lambda r: r[1], float(psnr)).result[0]
     h, w = planes.rgb.shape[:2]

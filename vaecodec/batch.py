@@ -102,6 +102,7 @@ class EncodeTask:
 
     def __call__(self, input: str, output: str) -> Done:
         import vaecodec
+        from . import metrics
         from .image import prepare, read_image
 
         target = dict(self.target)
@@ -122,7 +123,7 @@ class EncodeTask:
             if self.print_psnr:
                 back = vaecodec.decode(data, model=self.model, device=self.device,
                                        threads=self.threads)
-                msg += f", PSNR {_psnr(prepare(im, self.frame), back):.2f} dB"
+                msg += f", PSNR {metrics.psnr(prepare(im, self.frame), back):.2f} dB"
         return Done(msg, len(data), h.width * h.height)
 
 
@@ -220,11 +221,3 @@ def _stop(signum: int, frame) -> None:
         sys.exit(128 + signum)
     os._exit(128 + signum)
 
-
-def _psnr(a, b) -> float:
-    import numpy as np
-
-    x = np.asarray(a.convert("RGB"), dtype=np.float64)
-    y = np.asarray(b.convert("RGB"), dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)

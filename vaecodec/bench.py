@@ -27,7 +27,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
+
+from . import machine
+from .metrics import psnr
 
 __all__ = [
     "VAECODEC_QUALITIES",
@@ -250,12 +252,6 @@ def available_codecs() -> list[str]:
 
 # --------------------------------------------------------------------------------------------
 # metrics
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images, over all channels; inf when identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -688,20 +684,6 @@ def format_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        pass
-    if dist == "vaecodec":  # a source checkout that was never pip-installed
-        import vaecodec
-
-        return getattr(vaecodec, "__version__", None)
-    return None
-
-
 def _machine(jobs: int, worker_threads: int | None) -> dict[str, Any]:
     torch_threads = worker_threads
     if torch_threads is None and "torch" in sys.modules:
@@ -713,17 +695,11 @@ def _machine(jobs: int, worker_threads: int | None) -> dict[str, Any]:
         except Exception:
             libs[feat] = None
     return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        **machine.info(),
         "jobs": jobs,
         "torch_threads_per_process": torch_threads,
-        "versions": {
-            d: _version(d)
-            for d in ("vaecodec", "torch", "compressai", "pillow", "numpy", "pytorch_msssim",
-                      "pillow-jxl-plugin")
-        },
+        "versions": machine.versions(("vaecodec", "torch", "compressai", "pillow", "numpy",
+                                      "pytorch_msssim", "pillow-jxl-plugin")),
         "pillow_libraries": libs,
     }
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import metrics
 from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
 from .errors import DecodeMismatchError, FormatError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
@@ -130,7 +131,7 @@ def _rd_cost(a: Analysis, coded: Coded, y_hat: Any, loaded: LoadedModel, lam: fl
     h, w = a.rgb.shape[:2]
     err = reconstruct(a, y_hat, loaded).astype(np.float64) - a.rgb
     bits = 8 * (len(coded.y_string) + len(coded.z_string))
-    return lam * float(np.mean(err * err)) + bits / (h * w)
+    return metrics.rd_cost(lam, float(np.mean(err * err)), bits / (h * w))
 
 
 def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:

@@ -12,7 +12,6 @@ Mode rules (documented in the README):
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import struct
@@ -423,9 +422,3 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 arrays of one shape (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import metrics
 from .intnet import gains_fixed
 from .model import Y_STRIDE
 
@@ -118,7 +119,7 @@ def _search_tile(model, u: Tensor, means: Tensor, scales: Tensor, gy_inv: Tensor
             x_hat = model.g_s(latent * gy_inv)
         x_hat = x_hat.float()[..., py0 - a0 * p:py1 - a0 * p, px0 - b0 * p:px1 - b0 * p]
         mse_sum = (x_hat - target).pow(2).sum() / 3
-        loss = lam * 255 ** 2 * mse_sum / n_px + bits / n_px
+        loss = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse_sum / n_px, bits / n_px)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -36,6 +36,7 @@ from PIL import Image
 
 import torch.distributed as dist
 
+from . import metrics
 from .fastpath import bf16_is_fast
 from .model import CheckerboardHyperprior, GroupedCheckerboardHyperprior, VariableRateHyperprior
 from .weights import MAX_GROUPS
@@ -127,7 +128,7 @@ def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
     bpp = bits / (-math.log(2) * n_px)
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     lam = getattr(model, "module", model).lambda_at(level)
-    loss = (lam * 255 ** 2 * mse + bpp).mean()
+    loss = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse, bpp).mean()
     psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
     return {"loss": loss, "bpp": bpp.detach().mean(), "mse": mse.detach().mean(),
             "psnr": psnr.mean()}
