@@ -83,12 +83,15 @@ def test_opt_out_rounds_to_nearest(kodim):
         nearest = torch.round(a.y * gy - means_g)
         y_hat = m.compress_latent(a.y, a.z, level, rdoq=False)["y_hat"]
         gi = torch.tensor(gains_fixed(m.y_log_gain_inv, level)[0]).view(1, -1, 1, 1)
-        # the anchors (every latent of the hyperprior) use the hyperprior's means exactly;
-        # the checkerboard's other half its context's, which are still rounded to nearest
+        # the anchors (every latent of the hyperprior; with channel groups, the first
+        # group's) use the hyperprior's means exactly; the rest their context's, which are
+        # still rounded to nearest (checked within half a step below)
         from vaecodec.context import anchor_mask
-        anchors = anchor_mask(*a.y.shape[-2:]).bool().expand_as(y_hat)
+        anchors = anchor_mask(*a.y.shape[-2:]).bool().expand_as(y_hat).clone()
         if m.LATENT_CODEC == "hyperprior":
             anchors = torch.ones_like(anchors)
+        elif m.LATENT_CODEC == "groups":
+            anchors[:, m.context.groups[0]:] = False
         want = (nearest + means_g) * gi
         assert torch.equal(y_hat[anchors], want[anchors])
         assert float((a.y * gy - y_hat / gi).abs().max()) <= 0.5 + 1e-3
