@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 import vaecodec
-from vaecodec.image import psnr
+from vaecodec.metrics import psnr
 
 
 def main() -> None:
