@@ -69,7 +69,7 @@ def test_no_import_cycles():
 
 
 #: Words of how the work was organised rather than of what the project is.
-#: (pytest's ``scope="session"`` is the one use of the word that is about the code.)
+#: (pytest's whole-run fixture scope, spelled scope="..." in code, is exempt.)
 HISTORY_WORDS = re.compile(r'(?<!scope=")\bsessions?\b|\bissue #?\d+|(?<![\w/&])#\d{1,3}\b',
                            re.IGNORECASE)
 
