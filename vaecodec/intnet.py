@@ -181,17 +181,12 @@ def _cpu_has_vnni() -> bool | None:
     ONEDNN_MAX_CPU_ISA / DNNL_MAX_CPU_ISA, so that the kernels torch picks are unknown)."""
     import os
 
+    from .machine import cpu_flags
+
     if os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"):
         return None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    except OSError:
-        pass
-    return None
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @lru_cache(maxsize=1)

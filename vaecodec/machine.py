@@ -15,16 +15,31 @@ import sys
 from typing import Any, Iterable
 
 
-def cpu_model() -> str:
-    """The CPU's name ("AMD EPYC 9454", "Intel(R) Xeon(R) ..."): /proc/cpuinfo on Linux, lscpu
-    where there is no such file, else what ``platform`` knows."""
+def _cpuinfo(key: str) -> str | None:
+    """The first value of ``key`` in /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags as Linux lists them ("avx2", "avx512_vnni", ...), or None where
+    /proc/cpuinfo does not say (another OS, or an architecture without a flags line)."""
+    flags = _cpuinfo("flags")
+    return set(flags.split()) if flags is not None else None
+
+
+def cpu_model() -> str:
+    """The CPU's name ("AMD EPYC 9454", "Intel(R) Xeon(R) ..."): /proc/cpuinfo on Linux, lscpu
+    where there is no such file, else what ``platform`` knows."""
+    name = _cpuinfo("model name")
+    if name is not None:
+        return name
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
         for line in out.splitlines():
