@@ -5,8 +5,8 @@ import zlib
 
 import pytest
 
-from vaecodec.bitstream import (MAGIC, MAX_PIXELS, Container, Header, latent_shape, pack,
-                                unpack)
+from vaecodec.bitstream import (MAGIC, MAX_PIXELS_ONE_STRING, TILE_PX, Container, Header,
+                                join_tiles, latent_shape, pack, split_tiles, tile_grid, unpack)
 from vaecodec.errors import (ChecksumError, FormatError, ImageTooLargeError,
                              UnsupportedVersionError, VaecodecError)
 
@@ -88,8 +88,66 @@ def test_absurd_dimensions_rejected_before_allocation(w, h):
 
 
 def test_pack_refuses_too_large():
-    with pytest.raises(ImageTooLargeError, match="too large"):
-        pack(make(width=16384, height=MAX_PIXELS // 16384 + 1))
+    with pytest.raises(ImageTooLargeError, match="too large for a version 1 file"):
+        pack(make(width=16384, height=MAX_PIXELS_ONE_STRING // 16384 + 1))
+
+
+def make_tiled(width, height, tiles=None, codec="groups") -> Container:
+    h = Header(width=width, height=height, mode="RGB", quality=50.0, model_id="test-model",
+               model_hash=bytes(range(8)), z_shape=latent_shape(width, height),
+               latent_codec=codec)
+    rows, cols = tile_grid(width, height)
+    if tiles is None:
+        tiles = [(i * 7919, bytes([i % 256]) * (i % 5)) for i in range(rows * cols)]
+    y = join_tiles(tiles) if h.version == 3 else tiles[0][1]   # version 2: the one string
+    return Container(h, y, b"z" * 7)
+
+
+@pytest.mark.parametrize("codec", ["groups", "checkerboard"])
+def test_context_models_write_version_2_for_one_tile_and_3_for_more(codec):
+    assert make_tiled(TILE_PX, TILE_PX, [(1, b"ab")], codec).header.version == 2
+    for w, h in ((TILE_PX + 1, 10), (10, TILE_PX + 1), (3000, 2000)):
+        c = make_tiled(w, h, codec=codec)
+        assert c.header.version == 3
+        d = unpack(pack(c))
+        assert d == c
+        assert split_tiles(d.y_string, w, h) == split_tiles(c.y_string, w, h)
+        assert len(split_tiles(d.y_string, w, h)) == tile_grid(w, h)[0] * tile_grid(w, h)[1]
+
+
+def test_version_3_allows_what_the_side_limit_allows():
+    w = h = 65535
+    c = make_tiled(w, h, [(0, b"")] * (tile_grid(w, h)[0] * tile_grid(w, h)[1]))
+    assert unpack(pack(c)).header.pixels == w * h > MAX_PIXELS_ONE_STRING
+
+
+@pytest.mark.parametrize("damage", ["one tile short", "one tile more", "bytes after",
+                                    "tile runs past"])
+def test_version_3_tiles_must_fill_the_y_string_exactly(damage):
+    w, h = 2100, 1500                                      # 3 x 2 tiles
+    tiles = [(i, b"t%d" % i) for i in range(6)]
+    y = {"one tile short": join_tiles(tiles[:5]), "one tile more": join_tiles(tiles + [(9, b"")]),
+         "bytes after": join_tiles(tiles) + b"x",
+         "tile runs past": join_tiles(tiles)[:-1]}[damage]
+    c = make_tiled(w, h, tiles)
+    with pytest.raises(FormatError, match="y tile|last y tile"):
+        pack(Container(c.header, y, c.z_string))
+    good = pack(c)
+    ylen = struct.pack(">I", len(c.y_string))
+    at = good.index(ylen + c.y_string)
+    bad = good[:at] + struct.pack(">I", len(y)) + y + good[at + 4 + len(c.y_string):]
+    with pytest.raises(FormatError, match="y tile|last y tile"):
+        unpack(recrc(bad))
+
+
+def test_a_version_2_file_of_more_than_one_tile_still_reads():
+    """Written by development builds before tiles: one string for any size."""
+    data = bytearray(pack(make_tiled(1000, 1000, [(0, b"one string")])))
+    assert data[4] == 2
+    struct.pack_into(">II", data, 16, 3000, 2000)
+    struct.pack_into(">HH", data, 28, *latent_shape(3000, 2000))
+    d = unpack(recrc(bytes(data)))
+    assert (d.header.version, d.header.width, d.y_string) == (2, 3000, b"one string")
 
 
 def test_latent_shape_must_fit_dimensions():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import VaecodecError
 
@@ -35,7 +35,8 @@ def encode(image: "Image.Image", quality: float | None = None, *,
            size: int | None = None, bpp: float | None = None, psnr: float | None = None,
            model: str | os.PathLike | None = None, device: str | None = None,
            keep_metadata: bool = False, fast: bool = False, effort: int = 0,
-           rdoq: bool = True, frame: int | None = None, threads: int | None = None) -> bytes:
+           rdoq: bool = True, frame: int | None = None, threads: int | None = None,
+           progress: "Callable[[int, int], None] | None" = None) -> bytes:
     """Compress a Pillow image to the bytes of a ``.vae`` file.
 
     ``quality`` is a float from 0 (the model's lowest rate) to 100 (its highest), default 75.
@@ -60,17 +61,19 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     or a multi-page file is refused (``InputImageError`` naming its frame count) unless
     ``frame`` (0-based) picks one: a .vae file holds one image, and coding the first frame
     of a GIF without a word would lose the rest. ``threads`` is the number of CPU threads
-    for this call (default: torch's, one per core).
+    for this call (default: torch's, one per core). ``progress(done, total)`` is called
+    after every tile of work (a big image has one per 1024 x 1024 pixels and transform):
+    the CLI's progress bar.
     """
     with _threads(threads):
         return _encode(image, quality, size, bpp, psnr, model, device, keep_metadata, fast,
-                       effort, rdoq, frame)
+                       effort, rdoq, frame, progress)
 
 
 def _encode(image: "Image.Image", quality: float | None, size: int | None,
             bpp: float | None, psnr: float | None, model: str | os.PathLike | None,
             device: str | None, keep_metadata: bool, fast: bool, effort: int, rdoq: bool,
-            frame: int | None) -> bytes:
+            frame: int | None, progress: "Callable[[int, int], None] | None" = None) -> bytes:
     from . import bitstream, codec, image as image_io, metrics, ratecontrol, weights
 
     codec._check_effort(effort)
@@ -94,7 +97,7 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
     if not targets:
         q = DEFAULT_QUALITY if quality is None else quality
         return pack(codec.encode_pixels(planes.rgb, q, loaded, mode=planes.mode, device=device,
-                                        fast=fast, effort=effort, rdoq=rdoq))
+                                        fast=fast, effort=effort, rdoq=rdoq, progress=progress))
     analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device,
                                     fast=fast)
     if psnr is not None:
@@ -113,7 +116,8 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,
            device: str | None = None, fast: bool = False,
-           threads: int | None = None) -> "Image.Image":
+           threads: int | None = None,
+           progress: "Callable[[int, int], None] | None" = None) -> "Image.Image":
     """Decompress the bytes of a ``.vae`` file into an image of its original size and mode.
 
     Without ``model`` the weights are found by the hash the file records, among the
@@ -122,13 +126,14 @@ def decode(data: bytes, *, model: str | os.PathLike | None = None,
     the synthesis transform in bfloat16 (like djpeg's ``-dct fast``): faster, pixels within
     about a level of the exact decode (-0.005 dB at quality 50, -0.04 dB at 90 on Kodak).
     ``threads``: CPU threads for this call (default: torch's, one per core).
+    ``progress(done, total)``: after every tile of work, as for ``encode``.
     """
     with _threads(threads):
-        return _decode(data, model, device, fast)
+        return _decode(data, model, device, fast, progress)
 
 
 def _decode(data: bytes, model: str | os.PathLike | None, device: str | None,
-            fast: bool) -> "Image.Image":
+            fast: bool, progress: "Callable[[int, int], None] | None" = None) -> "Image.Image":
     from . import bitstream, codec, image as image_io
 
     c = bitstream.unpack(data)
@@ -141,7 +146,7 @@ def _decode(data: bytes, model: str | os.PathLike | None, device: str | None,
     info = image_io.metadata_info(c.side, h.mode)
     loaded = _weights_for(h, model)
     rgb = codec.decode_pixels(codec.Coded(h, c.y_string, c.z_string), loaded, device=device,
-                              fast=fast)
+                              fast=fast, progress=progress)
     im = image_io.merge(rgb, alpha, h.mode)
     im.info.update(info)
     return im

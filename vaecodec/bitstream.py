@@ -5,11 +5,12 @@ before anything is allocated from it, so a 20-byte file cannot ask for a 100000x
 The layout is specified byte by byte in the README ("Container format"); change both together
 and bump ``VERSION`` when old files would read differently.
 
-All integers are big-endian. Layout of version 2 (version 1 is the same with a 2-byte zero
-``flags`` field at offset 6, which version 2 splits into ``latent codec`` and ``flags``)::
+All integers are big-endian. Layout of versions 2 and 3 (version 1 is the same with a 2-byte
+zero ``flags`` field at offset 6, which version 2 splits into ``latent codec`` and ``flags``;
+version 3 differs from 2 only in the y string, which holds tiles)::
 
     0   4  magic            89 56 41 45  ("\\x89VAE")
-    4   1  version          2 (1: files of vaecodec 1.0)
+    4   1  version          3 (2: one y string; 1: files of vaecodec 1.0)
     5   1  mode             0 RGB, 1 L, 2 RGBA, 3 LA
     6   1  latent codec     0 hyperprior (one pass), 1 checkerboard (anchors, then the rest),
                             2 channel groups, each a checkerboard (2 passes a group)
@@ -22,9 +23,12 @@ All integers are big-endian. Layout of version 2 (version 1 is the same with a 2
     30  2  z width          ceil(width / 64)
     32  1  model id length  n <= 64
     33  n  model id         ASCII
-    .   4  y string length  then the bytes
+    .   4  y string length  then the bytes; in version 3 they are the y tiles (TILE_PX x
+                            TILE_PX pixels, raster order), each: u32 length, u32 CRC32 of
+                            the tile's decoded symbols (little-endian int32), the bytes
     .   4  z string length  then the bytes
-    .   4  symbols CRC32    CRC32 of the decoded y symbols (little-endian int32)
+    .   4  symbols CRC32    CRC32 of the decoded y symbols (little-endian int32; in
+                            version 3 tile after tile)
     .   1  side chunk count k <= 16, then k times: 4-byte tag, u32 length, bytes
            (tags: ALPH, ICCP, EXIF, "XMP "; unknown tags are kept and ignored, a repeated
            tag is an error)
@@ -40,15 +44,21 @@ from dataclasses import dataclass, field
 from .errors import ChecksumError, FormatError, ImageTooLargeError, UnsupportedVersionError
 
 MAGIC = b"\x89VAE"
-VERSION = 2
+VERSION = 3
 #: Every version this build reads. A hyperprior file is still written as version 1, so that
-#: vaecodec 1.0 reads what it could always read; version 2 exists for the context models.
-VERSIONS = (1, 2)
+#: vaecodec 1.0 reads what it could always read; version 2 exists for the context models, and
+#: version 3 for context-model images of more than one tile (version 2 holds one).
+VERSIONS = (1, 2, 3)
 #: How y is entropy-coded, which the weights' architecture must match.
 LATENT_CODECS = ("hyperprior", "checkerboard", "groups")
 MODES = ("RGB", "L", "RGBA", "LA")
 MAX_SIDE = 65535
-MAX_PIXELS = 1 << 26          # 67 MP: bounds the decoder's memory (no tiling yet)
+#: Versions 1 and 2 code y in one string, so a decoder holds the whole image's symbols at once:
+#: 67 MP bounds its memory. Version 3 codes y in tiles and allows what MAX_SIDE does.
+MAX_PIXELS_ONE_STRING = 1 << 26
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
+#: Version 3's y tiles, in pixels (64 x 64 y latents, 16 x 16 z latents).
+TILE_PX = 1024
 MAX_MODEL_ID = 64
 MAX_CHUNKS = 16
 LATENT_STRIDE = 64            # z is the image downsampled by 64 (y by 16)
@@ -80,7 +90,7 @@ class Header:
 
     def __post_init__(self) -> None:
         if not self.version:
-            self.version = version_for(self.latent_codec)
+            self.version = version_for(self.latent_codec, self.width, self.height)
 
     @property
     def pixels(self) -> int:
@@ -95,9 +105,37 @@ class Container:
     side: dict[bytes, bytes] = field(default_factory=dict)
 
 
-def version_for(latent_codec: str) -> int:
-    """The oldest format version that can hold a latent codec."""
-    return 1 if latent_codec == "hyperprior" else VERSION
+def version_for(latent_codec: str, width: int = 1, height: int = 1) -> int:
+    """The oldest format version that can hold a latent codec at an image size: a reader
+    of that version reads the file."""
+    if latent_codec == "hyperprior":
+        return 1
+    return 2 if tile_grid(width, height) == (1, 1) else 3
+
+
+def tile_grid(width: int, height: int) -> tuple[int, int]:
+    """Rows and columns of version 3's y tiles."""
+    return -(-height // TILE_PX), -(-width // TILE_PX)
+
+
+def join_tiles(tiles: list[tuple[int, bytes]]) -> bytes:
+    """(symbols CRC32, rANS string) per tile -> version 3's y string."""
+    return b"".join(struct.pack(">II", len(s), crc) + s for crc, s in tiles)
+
+
+def split_tiles(y_string: bytes, width: int, height: int) -> list[tuple[int, bytes]]:
+    """Version 3's y string -> (symbols CRC32, rANS string) per tile, checked: exactly one
+    entry per tile and nothing after the last."""
+    rows, cols = tile_grid(width, height)
+    r = _Reader(y_string, len(y_string))
+    tiles = []
+    for _ in range(rows * cols):
+        n = r.u(">I", "y tile length")
+        crc = r.u(">I", "y tile CRC")
+        tiles.append((crc, r.take(n, "y tile")))
+    if r.pos != r.end:
+        raise FormatError("corrupt .vae file: bytes after the last y tile")
+    return tiles
 
 
 def latent_shape(width: int, height: int) -> tuple[int, int]:
@@ -105,19 +143,21 @@ def latent_shape(width: int, height: int) -> tuple[int, int]:
     return (-(-height // LATENT_STRIDE), -(-width // LATENT_STRIDE))
 
 
-def check_dimensions(width: int, height: int) -> None:
+def check_dimensions(width: int, height: int, version: int = VERSION) -> None:
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise ImageTooLargeError(
             f"image size {width}x{height} is outside 1..{MAX_SIDE} pixels per side")
-    if width * height > MAX_PIXELS:
+    limit = MAX_PIXELS if version >= 3 else min(MAX_PIXELS, MAX_PIXELS_ONE_STRING)
+    if width * height > limit:
         raise ImageTooLargeError(
-            f"image too large: {width}x{height} = {width * height / 1e6:.1f} MP "
-            f"(the limit is {MAX_PIXELS / 1e6:.1f} MP)")
+            f"image too large for a version {version} file: {width}x{height} = "
+            f"{width * height / 1e6:.1f} MP (the limit is {limit / 1e6:.1f} MP"
+            + ("; the context-model weights code it in tiles)" if version == 1 else ")"))
 
 
 def pack(c: Container) -> bytes:
     h = c.header
-    check_dimensions(h.width, h.height)
+    check_dimensions(h.width, h.height, h.version)
     mid = h.model_id.encode("ascii")
     if len(mid) > MAX_MODEL_ID or len(h.model_hash) != 8:
         raise FormatError("model id too long or model hash not 8 bytes")
@@ -130,9 +170,15 @@ def pack(c: Container) -> bytes:
         raise FormatError(f"cannot write a .vae file: {too_long[0]} exceeds 4 GiB")
     if h.latent_codec not in LATENT_CODECS:
         raise FormatError(f"unknown latent codec {h.latent_codec!r}")
+    if h.version != version_for(h.latent_codec, h.width, h.height):
+        raise FormatError(f"a {h.latent_codec} image of {h.width}x{h.height} is a version "
+                          f"{version_for(h.latent_codec, h.width, h.height)} file, not "
+                          f"{h.version}")
+    if h.version == 3:
+        split_tiles(c.y_string, h.width, h.height)
     codec = LATENT_CODECS.index(h.latent_codec)
     parts = [
-        _FIXED.pack(MAGIC, version_for(h.latent_codec), MODES.index(h.mode), codec, 0,
+        _FIXED.pack(MAGIC, h.version, MODES.index(h.mode), codec, 0,
                     h.model_hash, h.width, h.height, h.quality, h.z_shape[0], h.z_shape[1],
                     len(mid)),
         mid,
@@ -198,10 +244,12 @@ def unpack(data: bytes) -> Container:
     if flags != 0 or mode >= len(MODES):
         raise FormatError(f"corrupt .vae file: unknown mode {mode} or flags {flags}")
     # version 1 had a 2-byte zero flags field where version 2 has the latent codec
-    if codec >= len(LATENT_CODECS) or version_for(LATENT_CODECS[codec]) != version:
+    if codec >= len(LATENT_CODECS) or (version == 1) != (LATENT_CODECS[codec] == "hyperprior"):
         raise FormatError(f"corrupt .vae file: latent codec {codec} in a version {version} "
                           "file")
-    check_dimensions(width, height)
+    check_dimensions(width, height, version)
+    if version == 3:
+        split_tiles(y_string, width, height)
     if (zh, zw) != latent_shape(width, height):
         raise FormatError(f"corrupt .vae file: latent shape {zh}x{zw} does not fit "
                           f"a {width}x{height} image")

@@ -6,14 +6,25 @@ Knows the model and the container's Header, nothing of files or Pillow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from . import metrics
-from .bitstream import LATENT_STRIDE, Header, as_float32, check_dimensions, latent_shape
+from . import machine, metrics
+from .bitstream import (LATENT_STRIDE, TILE_PX, Header, as_float32, check_dimensions, join_tiles,
+                        latent_shape, split_tiles, version_for)
 from .errors import DecodeMismatchError, FormatError, VaecodecError, WeightsMismatchError
 from .weights import LoadedModel
+
+#: Progress of one encode or decode: ``progress(done, total)`` after every tile of work.
+Progress = Callable[[int, int], None]
+#: The container's y tiles in y latents (16 pixels each).
+TILE_LATENTS = TILE_PX * 4 // LATENT_STRIDE
+#: Bytes per pixel a decode holds besides one tile's working memory: the latent (192 float32
+#: per 16 x 16 pixels), the decoded RGB and the Pillow image made from it (4 bytes a pixel).
+DECODE_BYTES_PER_PIXEL = 10
+#: One tile's working memory (transforms and coder), with margin.
+TILE_WORK_BYTES = 600 << 20
 
 
 @dataclass
@@ -57,32 +68,72 @@ class Analysis:
     z: Any
 
 
+class _Padded:
+    """The image as g_a sees it, a window at a time: float in [0, 1], padded to a multiple
+    of 64 by edge replication (zeros would cost bits on a hard edge). The whole image never
+    exists as floats (12 bytes a pixel); every window starts inside the image, so padding a
+    window is padding the image."""
+
+    def __init__(self, rgb: np.ndarray, dev: Any):
+        import torch
+
+        h, w = rgb.shape[:2]
+        zh, zw = latent_shape(w, h)
+        self.shape = (1, 3, zh * LATENT_STRIDE, zw * LATENT_STRIDE)
+        self.u8 = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"]))
+        self.dev = dev
+
+    def window(self, r0: int, r1: int, c0: int, c1: int) -> Any:
+        import torch
+
+        h, w = self.u8.shape[:2]
+        x = self.u8[r0:min(r1, h), c0:min(c1, w)].to(self.dev).permute(2, 0, 1)[None]
+        x = x.float().div_(255)
+        if x.shape[-2:] != (r1 - r0, c1 - c0):
+            x = torch.nn.functional.pad(x, (0, c1 - c0 - x.shape[-1], 0, r1 - r0 - x.shape[-2]),
+                                        mode="replicate")
+        return x
+
+
 def analyze_pixels(rgb: np.ndarray, loaded: LoadedModel, mode: str = "RGB",
-                   device: str | None = None, fast: bool = False) -> Analysis:
-    """``rgb``: HxWx3 uint8. Pads by edge replication (zeros would cost bits on a hard edge).
-    ``fast``: the transforms in bfloat16 (see ``bf16``)."""
+                   device: str | None = None, fast: bool = False,
+                   progress: Progress | None = None) -> Analysis:
+    """``rgb``: HxWx3 uint8. ``fast``: the transforms in bfloat16 (see ``bf16``).
+    ``progress``: told of each analysis tile, out of this plus the coding tiles to come."""
     import torch
 
     h, w = rgb.shape[:2]
-    check_dimensions(w, h)
+    check_dimensions(w, h, version_for(loaded.model.LATENT_CODEC, w, h))
     dev = _device(device)
     model = loaded.model.to(dev)
-    zh, zw = latent_shape(w, h)
-    ph, pw = zh * LATENT_STRIDE, zw * LATENT_STRIDE
     with torch.inference_mode():
-        x = torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).to(dev).permute(2, 0, 1)[None]
-        x = x.float().div_(255)
-        if (ph, pw) != (h, w):
-            x = torch.nn.functional.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
         with bf16(dev, fast):
-            y, z = model.analyze(x)
-        del x
+            y, z = model.analyze(_Padded(rgb, dev), tick=_ticker(progress, 0, 2 * _tiles(w, h)))
         y, z = y.float(), z.float()
     return Analysis(rgb, mode, y, z)
 
 
+def _tiles(w: int, h: int) -> int:
+    """How many transform tiles (and, for a context model, coding tiles) an image has."""
+    rows, cols = (-(-n // TILE_PX) for n in (h, w))
+    return rows * cols
+
+
+def _ticker(progress: Progress | None, start: int, total: int) -> Callable[[], None] | None:
+    if progress is None:
+        return None
+    done = [start]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(min(done[0], total), total)
+
+    return tick
+
+
 def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = True,
-            effort: int = 0, rdoq: bool = True) -> tuple[Coded, Any]:
+            effort: int = 0, rdoq: bool = True, y_hat: bool = True,
+            progress: Progress | None = None) -> tuple[Coded, Any]:
     """The analysis at one quality -> the coded strings and header, and the decoder's latent
     (``reconstruct`` turns it into the pixels the decoder will produce).
 
@@ -90,14 +141,18 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
     search's result only where it lowers the actual rate-distortion cost of the file, so
     more effort never gives a worse file than effort 0 at the same quality. ``rdoq``: the
     plain encode rounds rate-distortion optimally (rdoq.py) rather than to nearest; the
-    search's result is always rounded to nearest, which is what it optimised for."""
+    search's result is always rounded to nearest, which is what it optimised for.
+    ``y_hat=False`` returns None for the latent (and saves its memory) when effort is 0."""
     import torch
 
     _check_quality(quality)
     iterations = _check_effort(effort)
     quality = as_float32(quality)
     level = quality_to_level(quality, loaded.model.levels)
-    coded, y_hat = _code_latent(a, a.y, quality, level, loaded, integer, rdoq)
+    h, w = a.rgb.shape[:2]
+    tick = _ticker(progress, _tiles(w, h), 2 * _tiles(w, h))
+    coded, y_hat = _code_latent(a, a.y, quality, level, loaded, integer, rdoq,
+                                y_hat or bool(iterations), tick)
     if not iterations:
         return coded, y_hat
     from . import refine
@@ -112,17 +167,30 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
 
 
 def _code_latent(a: Analysis, y: Any, quality: float, level: float, loaded: LoadedModel,
-                 integer: bool, rdoq: bool) -> tuple[Coded, Any]:
+                 integer: bool, rdoq: bool, want_y_hat: bool = True,
+                 tick: Callable[[], None] | None = None) -> tuple[Coded, Any]:
+    """The context models code y in the container's tiles (one tile: a version 2 file, the
+    same bytes as coding the whole image); the hyperprior writes version 1 as ever."""
     import torch
 
     h, w = a.rgb.shape[:2]
+    model = loaded.model
+    version = version_for(model.LATENT_CODEC, w, h)
     with torch.inference_mode():
-        out = loaded.model.compress_latent(y, a.z, level, integer=integer, rdoq=rdoq)
-    y_strings, z_strings = out["strings"]
+        if version == 1:
+            out = model.compress_latent(y, a.z, level, integer=integer, rdoq=rdoq)
+            y_string = out["strings"][0][0]
+        else:
+            out = model.compress_tiles(y, a.z, level, TILE_LATENTS, integer=integer, rdoq=rdoq,
+                                       y_hat=want_y_hat, tick=tick)
+            tiles = out["strings"][0]
+            y_string = tiles[0] if version == 2 else join_tiles(list(zip(out["tile_crcs"],
+                                                                         tiles)))
     header = Header(width=w, height=h, mode=a.mode, quality=quality, model_id=loaded.model_id,
                     model_hash=loaded.model_hash, z_shape=tuple(out["shape"]),
-                    symbols_crc=out["symbols_crc"], latent_codec=loaded.model.LATENT_CODEC)
-    return Coded(header, y_strings[0], z_strings[0]), out["y_hat"]
+                    symbols_crc=out["symbols_crc"], latent_codec=model.LATENT_CODEC,
+                    version=version)
+    return Coded(header, y_string, out["strings"][1][0]), out["y_hat"]
 
 
 def _rd_cost(a: Analysis, coded: Coded, y_hat: Any, loaded: LoadedModel, lam: float) -> float:
@@ -137,20 +205,37 @@ def _rd_cost(a: Analysis, coded: Coded, y_hat: Any, loaded: LoadedModel, lam: fl
 def reconstruct(a: Analysis, y_hat: Any, loaded: LoadedModel) -> np.ndarray:
     """The decoder's pixels for a latent from ``code_at``: the same synthesis and rounding as
     ``decode_pixels``, without entropy decoding."""
+    return _synthesize_u8(loaded.model, y_hat, *a.rgb.shape[:2], a.y.device)
+
+
+def _synthesize_u8(model: Any, y_hat: Any, h: int, w: int, dev: Any, context: Any = None,
+                   tick: Callable[[], None] | None = None) -> np.ndarray:
+    """g_s tile by tile straight into HxWx3 uint8: the whole image never exists as floats
+    (12 bytes a pixel), and every pixel is rounded exactly as ``_to_uint8`` rounds it."""
+    import contextlib
+
     import torch
 
-    with torch.inference_mode():
-        x = loaded.model.synthesize(y_hat, device=a.y.device)
-        return _to_uint8(x, *a.rgb.shape[:2])
+    out = np.empty((h, w, 3), np.uint8)
+
+    def sink(part: Any, r0: int, r1: int, c0: int, c1: int) -> None:
+        if r0 < h and c0 < w:
+            r1, c1 = min(r1, h), min(c1, w)
+            out[r0:r1, c0:c1] = _to_uint8(part.float(), r1 - r0, c1 - c0)
+
+    with torch.inference_mode(), context or contextlib.nullcontext():
+        model.synthesize(y_hat, device=dev, sink=sink, tick=tick)
+    return out
 
 
 def encode_pixels(rgb: np.ndarray, quality: float, loaded: LoadedModel, mode: str = "RGB",
                   device: str | None = None, integer: bool = True, fast: bool = False,
-                  effort: int = 0, rdoq: bool = True) -> Coded:
+                  effort: int = 0, rdoq: bool = True, progress: Progress | None = None
+                  ) -> Coded:
     _check_quality(quality)  # before the analysis transform, the expensive part
     _check_effort(effort)
-    return code_at(analyze_pixels(rgb, loaded, mode, device, fast), quality, loaded, integer,
-                   effort, rdoq)[0]
+    a = analyze_pixels(rgb, loaded, mode, device, fast, progress)
+    return code_at(a, quality, loaded, integer, effort, rdoq, y_hat=False, progress=progress)[0]
 
 
 def bf16(dev, on: bool):
@@ -199,10 +284,11 @@ def _to_uint8(x, h: int, w: int) -> np.ndarray:
 
 
 def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
-                  integer: bool = True, fast: bool = False) -> np.ndarray:
+                  integer: bool = True, fast: bool = False,
+                  progress: Progress | None = None) -> np.ndarray:
     """Returns HxWx3 uint8 of exactly the header's size, or raises if the decoded symbols'
     CRC differs from the encoder's (a desynchronised range decoder, never a wrong image).
-    ``fast``: the synthesis in bfloat16 (see ``bf16``)."""
+    ``fast``: the synthesis in bfloat16 (see ``bf16``). ``progress``: after every tile."""
     import torch
 
     h = coded.header
@@ -217,6 +303,8 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
                           f"{loaded.model.LATENT_CODEC}")
     dev = _device(device)
     model = loaded.model.to(dev)
+    if h.version == 3 or (h.version == 2 and _tiles(h.width, h.height) == 1):
+        return _decode_tiles(coded, model, dev, integer, fast, progress)
     with torch.inference_mode():
         try:
             y, z = _bounded_for_range_decoder(coded, model)
@@ -231,6 +319,62 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
                 "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
                 "file is corrupt or was encoded by an incompatible implementation")
         return _to_uint8(x, h.height, h.width)
+
+
+def _decode_tiles(coded: Coded, model: Any, dev: Any, integer: bool, fast: bool,
+                  progress: Progress | None) -> np.ndarray:
+    """Tile by tile: each tile's symbols are checked against its CRC as soon as they are
+    decoded, so a corrupt file stops at its first bad tile."""
+    import torch
+
+    h = coded.header
+    _check_memory(h.width, h.height)
+    if h.version == 3:
+        tiles = split_tiles(coded.y_string, h.width, h.height)
+    else:
+        tiles = [(h.symbols_crc, coded.y_string)]
+    n = len(tiles)
+    tick = _ticker(progress, 0, 2 * n)
+    per_tile = model.M * TILE_LATENTS * TILE_LATENTS
+
+    class Strings:  # padded one at a time: all at once would be ~3 MB a tile
+        def __getitem__(self, i: int) -> bytes:
+            return _zero_pad(tiles[i][1], per_tile)
+
+    def done(i: int, crc: int) -> None:
+        if crc != tiles[i][0]:
+            raise DecodeMismatchError(
+                f"decoded symbols do not match the encoder's in y tile {i + 1} of {n} (symbol "
+                "checksum mismatch): the file is corrupt or was encoded by an incompatible "
+                "implementation")
+        if tick is not None:
+            tick()
+
+    level = quality_to_level(h.quality, model.levels)
+    with torch.inference_mode():
+        z = _zero_pad(coded.z_string, model.N * h.z_shape[0] * h.z_shape[1])
+        try:
+            y_hat, crc = model.decompress_tiles(Strings(), [z], h.z_shape, level, TILE_LATENTS,
+                                                integer=integer, done=done)
+        except (RuntimeError, ValueError) as e:
+            raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
+        if crc != h.symbols_crc:
+            raise DecodeMismatchError(
+                "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
+                "file is corrupt or was encoded by an incompatible implementation")
+        return _synthesize_u8(model, y_hat, h.height, h.width, dev, bf16(dev, fast), tick)
+
+
+def _check_memory(width: int, height: int) -> None:
+    """Refuse, before allocating, an image this machine cannot hold: a small file can
+    declare 65535 x 65535 pixels (a decompression bomb), and running out of memory half-way
+    would kill the process instead of saying why."""
+    need = width * height * DECODE_BYTES_PER_PIXEL + TILE_WORK_BYTES
+    have = machine.available_memory()
+    if have is not None and need > have:
+        raise VaecodecError(
+            f"not enough memory for a {width}x{height} image: decoding it needs about "
+            f"{need / 1e9:.1f} GB and {have / 1e9:.1f} GB is available")
 
 
 def _bounded_for_range_decoder(coded: Coded, model) -> tuple[bytes, bytes]:

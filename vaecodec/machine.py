@@ -97,3 +97,16 @@ def source_revision() -> tuple[str | None, bool | None]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--", ".")
     return commit, None if status is None else status != ""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can get without swapping
+    (MemAvailable in /proc/meminfo), or None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -226,16 +226,34 @@ class VariableRateHyperprior(nn.Module):
     def _hyper(self, z_hat_g: Tensor, level: float, integer: bool) -> tuple[Tensor, Tensor]:
         """h_s's ungained (scales, means) of y: integers on the 2^-12 grid (float64) on the
         integer path, floats on the float control."""
+        zg = self._z_grid(z_hat_g, level, integer)
+        if integer:
+            return tiled(self._cache()["int_h_s"], zg, Z_TILE, HALO_HYPER, down=1, up=4
+                         ).chunk(2, 1)
+        return self.h_s.cpu()(zg).chunk(2, 1)
+
+    def _z_grid(self, z_hat_g: Tensor, level: float, integer: bool) -> Tensor:
+        """h_s's input, the ungained z: on the integer grid (float64) on the integer path."""
         z_hat_g = z_hat_g.cpu()
         if integer:
             gz_inv, _ = gains_fixed(self.z_log_gain_inv, level)
             x = z_hat_g.double() * torch.tensor(gz_inv, dtype=torch.float64).view(1, -1, 1, 1)
-            params = tiled(self._cache()["int_h_s"], IntegerHyperSynthesis.to_grid(x), Z_TILE,
-                           HALO_HYPER, down=1, up=4)
-            return params.chunk(2, 1)
+            return IntegerHyperSynthesis.to_grid(x)
         lv = torch.full((z_hat_g.size(0),), float(level))
-        gz_inv = self.gains(lv)[3].cpu()
-        return self.h_s.cpu()(z_hat_g * gz_inv).chunk(2, 1)
+        return z_hat_g * self.gains(lv)[3].cpu()
+
+    def _hyper_tile(self, zg: Tensor, integer: bool, t0: int, t1: int, s0: int, s1: int
+                    ) -> tuple[Tensor, Tensor]:
+        """``_hyper``'s (scales, means) for y rows t0:t1 and columns s0:s1 only, from the
+        z grid around them (HALO_HYPER more on every side): with a tile that is a multiple of
+        Z_TILE z latents these are exactly ``_hyper``'s own windows, so the integers are the
+        whole image's to the bit."""
+        zh, zw = zg.shape[-2:]
+        a0, a1 = max(0, t0 // 4 - HALO_HYPER), min(zh, -(-t1 // 4) + HALO_HYPER)
+        b0, b1 = max(0, s0 // 4 - HALO_HYPER), min(zw, -(-s1 // 4) + HALO_HYPER)
+        f = self._cache()["int_h_s"] if integer else self.h_s.cpu()
+        p = f(zg[..., a0:a1, b0:b1])
+        return p[..., t0 - 4 * a0:t1 - 4 * a0, s0 - 4 * b0:s1 - 4 * b0].chunk(2, 1)
 
     def _index(self, scales: Tensor, means: Tensor, level: float, integer: bool,
                channels: slice = slice(None)) -> tuple[Tensor, Tensor]:
@@ -252,12 +270,16 @@ class VariableRateHyperprior(nn.Module):
         gy = self.gains(lv)[0].cpu()[:, channels]
         return self.gaussian_conditional.build_indexes(scales * gy), means * gy
 
-    def analyze(self, x: Tensor, tile: int | None = None) -> tuple[Tensor, Tensor]:
+    def analyze(self, x: Any, tile: int | None = None, tick: Callable[[], None] | None = None
+                ) -> tuple[Tensor, Tensor]:
         """The rate-independent part of encoding: y = g_a(x) and the ungained z = h_a(y).
-        Rate control calls it once and then ``compress_latent`` per try."""
-        x = x.contiguous(memory_format=torch.channels_last)  # see fastpath.py
-        y = tiled(self.g_a, x, tile or TILE, HALO_ANALYSIS, down=Y_STRIDE, up=1)
-        return y, self.h_a(y)
+        Rate control calls it once and then ``compress_latent`` per try. ``x``: a tensor,
+        or anything with a ``shape`` and a ``window`` (see ``tiled``)."""
+        def g_a(t: Tensor) -> Tensor:
+            return self.g_a(t.contiguous(memory_format=torch.channels_last))  # see fastpath.py
+
+        y = tiled(g_a, x, tile or TILE, HALO_ANALYSIS, down=Y_STRIDE, up=1, tick=tick)
+        return y, tiled(self.h_a, y, Z_TILE, HALO_HYPER, down=4, up=1)
 
     def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
                         rdoq: bool = True) -> dict[str, Any]:
@@ -326,12 +348,18 @@ class VariableRateHyperprior(nn.Module):
         return x_hat.float(), symbols_crc(symbols)
 
     def synthesize(self, y_hat: Tensor, device: torch.device | None = None,
-                   tile: int | None = None) -> Tensor:
-        """g_s in tiles, clamped to [0, 1]."""
+                   tile: int | None = None,
+                   sink: Callable[[Tensor, int, int, int, int], None] | None = None,
+                   tick: Callable[[], None] | None = None) -> Tensor | None:
+        """g_s in tiles, clamped to [0, 1]; with ``sink`` (see ``tiled``) each tile goes there
+        instead of into a whole-image float tensor."""
         dev = device or next(self.g_s.parameters()).device
-        y_hat = y_hat.to(dev).contiguous(memory_format=torch.channels_last)
-        return tiled(self.g_s, y_hat, tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE
-                     ).clamp_(0, 1)
+
+        def g_s(t: Tensor) -> Tensor:
+            return self.g_s(t.to(dev).contiguous(memory_format=torch.channels_last)).clamp_(0, 1)
+
+        return tiled(g_s, y_hat, tile or TILE, HALO_SYNTHESIS, down=1, up=Y_STRIDE, sink=sink,
+                     tick=tick)
 
     def _ungain(self, symbols: Tensor, means_g: Tensor, level: float,
                 channels: slice = slice(None)) -> Tensor:
@@ -339,31 +367,153 @@ class VariableRateHyperprior(nn.Module):
         return (symbols.float() + means_g) * torch.tensor(gy_inv[channels],
                                                           dtype=torch.float32).view(1, -1, 1, 1)
 
+    # -- coding in tiles -----------------------------------------------------------------
+    #
+    # For big images (format version 3): y is coded in square tiles of ``tile`` latents,
+    # each its own rANS string, so that the symbols, CDF indexes and params that CompressAI's
+    # coder takes as Python lists exist for one tile at a time instead of the whole image
+    # (~36 bytes per symbol and list: ~1.3 GB at 24 MP). A tile's context sees that tile alone
+    # (zeros beyond its edges, as at an image's), so tiles decode independently; the
+    # hyperprior's params come from z with a halo (exact integers, the whole image's). A
+    # single tile is the whole image: the same symbols and bytes as ``compress_latent``.
+
+    def _code_passes(self, scales_h: Tensor, means_h: Tensor, level: float, integer: bool,
+                     code: Callable[[slice, Tensor, Tensor, Tensor, Tensor | None], Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+        """The passes of one tile in coding order (see GroupedCheckerboardHyperprior.
+        _code_groups for ``code``): here one, every latent with the hyperprior's params."""
+        idx, mu = self._index(scales_h, means_h, level, integer)
+        return code(slice(None), torch.ones(idx.shape, dtype=torch.bool), idx, mu, None), mu
+
+    def _z_for_tiles(self, z_strings: list[bytes], shape: tuple[int, int], level: float,
+                     integer: bool) -> Tensor:
+        return self._z_grid(self.entropy_bottleneck.decompress(z_strings, tuple(shape)), level,
+                            integer)
+
+    def compress_tiles(self, y: Tensor, z: Tensor, level: float, tile: int,
+                       integer: bool = True, rdoq: bool = True, y_hat: bool = True,
+                       tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        """(y, ungained z) -> one y string per tile (raster order), z's strings and shape,
+        each tile's symbols CRC32 and that of all symbols in tile order, and ``y_hat``
+        (the decoder's latent; None without ``y_hat``, which saves its memory)."""
+        from ._compressai import BufferedRansEncoder
+
+        lv = torch.full((z.size(0),), float(level), device=z.device)
+        z = z * self.gains(lv)[2]
+        z_strings = self.entropy_bottleneck.compress(z)
+        zg = self._z_for_tiles(z_strings, z.shape[-2:], level, integer)
+        gy, _ = gains_fixed(self.y_log_gain, level)
+        gyt = torch.tensor(gy, dtype=torch.float32).view(1, -1, 1, 1)
+        cache = self._cache()
+        out = torch.empty(y.shape, dtype=torch.float32) if y_hat else None
+        strings, crcs, crc = [], [], 0
+        for t0, t1, s0, s1, *_ in windows(*y.shape[-2:], tile, 0):
+            y_g = y[..., t0:t1, s0:s1].float().cpu() * gyt
+            enc = BufferedRansEncoder()
+
+            def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None,
+                     y_g: Tensor = y_g, enc: Any = enc) -> Tensor:
+                ip = idx[part]
+                s = self._round((y_g[:, c] - mu)[part], ip, level, rdoq)
+                enc.encode_with_indexes(s.tolist(), ip.tolist(), cache["cdf"],
+                                        cache["cdf_length"], cache["offset"])
+                res = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
+                res[part] = s
+                return res
+
+            sym, means_g = self._code_passes(*self._hyper_tile(zg, integer, t0, t1, s0, s1),
+                                             level, integer, code)
+            strings.append(enc.flush())
+            raw = sym.numpy().astype("<i4").tobytes()
+            crcs.append(zlib.crc32(raw))
+            crc = zlib.crc32(raw, crc)
+            if out is not None:
+                out[..., t0:t1, s0:s1] = self._ungain(sym, means_g, level)
+            if tick is not None:
+                tick()
+        return {"strings": [strings, z_strings], "shape": tuple(z.shape[-2:]),
+                "tile_crcs": crcs, "symbols_crc": crc, "y_hat": out}
+
+    def decompress_tiles(self, strings: list[bytes], z_strings: list[bytes],
+                         shape: tuple[int, int], level: float, tile: int, integer: bool = True,
+                         done: Callable[[int, int], None] | None = None) -> tuple[Tensor, int]:
+        """Tile strings (raster order) and z's -> (y_hat, CRC32 of all symbols in tile
+        order). ``done(i, crc)`` hears each tile's symbols CRC as soon as it is decoded, so a
+        corrupt tile can stop the decode there instead of after the whole image."""
+        import numpy as np
+        from ._compressai import RansDecoder
+
+        zg = self._z_for_tiles(z_strings, shape, level, integer)
+        cache = self._cache()
+        H, W = 4 * shape[0], 4 * shape[1]
+        y_hat = torch.empty((1, self.M, H, W), dtype=torch.float32)
+        crc = 0
+        for i, (t0, t1, s0, s1, *_) in enumerate(windows(H, W, tile, 0)):
+            dec = RansDecoder()
+            dec.set_stream(strings[i])
+
+            def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None,
+                     dec: Any = dec) -> Tensor:
+                res = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
+                got = dec.decode_stream(idx[part].tolist(), cache["cdf"], cache["cdf_length"],
+                                        cache["offset"])
+                res[part] = torch.from_numpy(np.asarray(got, dtype=np.int32))
+                return res
+
+            sym, means_g = self._code_passes(*self._hyper_tile(zg, integer, t0, t1, s0, s1),
+                                             level, integer, code)
+            raw = sym.numpy().astype("<i4").tobytes()
+            crc = zlib.crc32(raw, crc)
+            if done is not None:
+                done(i, zlib.crc32(raw))
+            y_hat[..., t0:t1, s0:s1] = self._ungain(sym, means_g, level)
+        return y_hat, crc
 
 
-def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, halo: int, down: int, up: int
-          ) -> Tensor:
-    """f(x) computed tile by tile on the latent grid, each tile with ``halo`` latents of real
-    context on every side that is not an image border, then cropped and stitched: the same
-    result as f(x) (up to float summation order) in bounded memory, with no seams.
 
-    Tiles are counted in latents: ``down`` input pixels and ``up`` output pixels per latent
-    (16 and 1 for g_a, 1 and 16 for g_s)."""
-    H, W = x.shape[-2] // down, x.shape[-1] // down  # latent grid size
-    if H <= tile and W <= tile:
-        return f(x)
-    out = None
+def windows(H: int, W: int, tile: int, halo: int
+            ) -> Iterator[tuple[int, int, int, int, int, int, int, int]]:
+    """The tiles of an H x W latent grid in raster order: (t0, t1, s0, s1) the kept rows and
+    columns, (a0, a1, b0, b1) the same with ``halo`` latents of context on every side that is
+    not an image border."""
     for t0 in range(0, H, tile):
         t1 = min(H, t0 + tile)
         a0, a1 = max(0, t0 - halo), min(H, t1 + halo)
         for s0 in range(0, W, tile):
             s1 = min(W, s0 + tile)
-            b0, b1 = max(0, s0 - halo), min(W, s1 + halo)
-            part = f(x[..., a0 * down:a1 * down, b0 * down:b1 * down])
+            yield t0, t1, s0, s1, a0, a1, max(0, s0 - halo), min(W, s1 + halo)
+
+
+def tiled(f: Callable[[Tensor], Tensor], x: Tensor, tile: int, halo: int, down: int, up: int,
+          sink: Callable[[Tensor, int, int, int, int], None] | None = None,
+          tick: Callable[[], None] | None = None) -> Tensor | None:
+    """f(x) computed tile by tile on the latent grid, each tile with ``halo`` latents of real
+    context on every side that is not an image border, then cropped and stitched: the same
+    result as f(x) (up to float summation order) in bounded memory, with no seams.
+
+    Tiles are counted in latents: ``down`` input pixels and ``up`` output pixels per latent
+    (16 and 1 for g_a, 1 and 16 for g_s). ``x`` may instead be a source of windows, with a
+    ``shape`` and ``window(row0, row1, col0, col1)``, so that the whole input need not exist
+    in f's precision either. ``sink(part, row0, row1, col0, col1)`` takes each cropped tile
+    (output units) instead of a stitched result, so that the whole output need not;
+    ``tick`` is called after every tile (progress)."""
+    H, W = x.shape[-2] // down, x.shape[-1] // down  # latent grid size
+    get = getattr(x, "window", None) or (lambda r0, r1, c0, c1: x[..., r0:r1, c0:c1])
+    out = None
+    for t0, t1, s0, s1, a0, a1, b0, b1 in windows(H, W, tile, halo):
+        part = f(get(a0 * down, a1 * down, b0 * down, b1 * down))
+        if (a0, a1, b0, b1) != (t0, t1, s0, s1):
             part = part[..., (t0 - a0) * up:(t1 - a0) * up, (s0 - b0) * up:(s1 - b0) * up]
+        if sink is not None:
+            sink(part, t0 * up, t1 * up, s0 * up, s1 * up)
+        elif (t0, t1, s0, s1) == (0, H, 0, W):
+            out = part
+        else:
             if out is None:
-                out = x.new_empty(x.shape[0], part.shape[1], H * up, W * up)
+                out = part.new_empty(x.shape[0], part.shape[1], H * up, W * up)
             out[..., t0 * up:t1 * up, s0 * up:s1 * up] = part
+        if tick is not None:
+            tick()
     return out
 
 
@@ -466,6 +616,19 @@ class CheckerboardHyperprior(VariableRateHyperprior):
                                     c["cdf_length"], c["offset"])
         return {"strings": [[enc.flush()], z_strings], "shape": tuple(z.shape[-2:]),
                 "symbols_crc": symbols_crc(sym), "y_hat": self._ungain(sym, means_g, level)}
+
+    def _code_passes(self, scales_h: Tensor, means_h: Tensor, level: float, integer: bool,
+                     code: Callable[[slice, Tensor, Tensor, Tensor, Tensor | None], Tensor]
+                     ) -> tuple[Tensor, Tensor]:
+        """Anchors with the hyperprior's params, then the rest with the context's."""
+        idx_h, mu_h = self._index(scales_h, means_h, level, integer)
+        mask = anchor_mask(*idx_h.shape[-2:]).bool().expand_as(idx_h)
+        sym = code(slice(None), mask, idx_h, mu_h, None)
+        anchors = self._ungain(sym, mu_h, level) * mask
+        idx_c, mu_c = self._index(*self._context(anchors, scales_h, means_h, level, integer),
+                                  level, integer)
+        sym = code(slice(None), ~mask, idx_c, mu_c, sym)
+        return sym, torch.where(mask, mu_h, mu_c)
 
     def _round(self, r: Tensor, indexes: Tensor, level: float, rdoq: bool) -> Tensor:
         if not rdoq:
@@ -623,6 +786,9 @@ class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
             syms.append(sym)
             mus.append(mu)
         return torch.cat(syms, 1), torch.cat(mus, 1)
+
+    def _code_passes(self, *args: Any) -> tuple[Tensor, Tensor]:
+        return self._code_groups(*args)
 
     def compress_latent(self, y: Tensor, z: Tensor, level: float, integer: bool = True,
                         rdoq: bool = True) -> dict[str, Any]:
