@@ -14,27 +14,55 @@ from conftest import ROOT
 PACKAGE = ROOT / "vaecodec"
 
 
+def module_name(path: Path) -> str:
+    """The module's name inside the package: "codec", "bench.run"; a subpackage by its own
+    name ("bench"), the package itself as "__init__"."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "__init__"
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports anywhere (top level or inside a function)."""
-    names = {p.stem for p in PACKAGE.glob("*.py")}
+    """Module -> the package modules it imports anywhere (top level or inside a function),
+    subpackages' modules included."""
+    paths = sorted(PACKAGE.rglob("*.py"))
+    names = {module_name(p) for p in paths}
+
+    def known(parts: list[str]) -> str:
+        """The package module that a dotted name inside the package lands in: the module
+        itself, or the one that defines the name."""
+        for n in range(len(parts), 0, -1):
+            if ".".join(parts[:n]) in names:
+                return ".".join(parts[:n])
+        return "__init__"
+
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in paths:
+        name = module_name(path)
+        here = [] if name == "__init__" else name.split(".")
+        package = here if path.name == "__init__.py" else here[:-1]
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                if node.level == 1 and node.module:
-                    deps.add(node.module.split(".")[0])
-                elif node.level == 1:                  # from . import a, b
-                    deps.update(a.name for a in node.names if a.name in names)
-                elif node.module and node.module.split(".")[0] == "vaecodec":
-                    parts = node.module.split(".")
-                    deps.add(parts[1] if len(parts) > 1 else "__init__")
+                mod = node.module.split(".") if node.module else []
+                if node.level:                         # relative: up from its own package
+                    if node.level - 1 > len(package):
+                        continue
+                    target = package[:len(package) - node.level + 1] + mod
+                elif mod[:1] == ["vaecodec"]:
+                    target = mod[1:]
+                else:
+                    continue
+                for a in node.names:                   # from . import a, b: modules themselves
+                    sub = ".".join(target + [a.name])
+                    deps.add(sub if sub in names else known(target))
             elif isinstance(node, ast.Import):
                 for a in node.names:
                     parts = a.name.split(".")
                     if parts[0] == "vaecodec":
-                        deps.add(parts[1] if len(parts) > 1 else "__init__")
-        graph[path.stem] = deps & (names | {"__init__"}) - {path.stem}
+                        deps.add(known(parts[1:]))
+        graph[name] = deps - {name}
     return graph
 
 
@@ -42,6 +70,8 @@ def test_the_import_graph_finds_imports():
     g = import_graph()
     assert "bitstream" in g["codec"] and "refine" in g["codec"]  # one top-level, one inside
     assert "cli" in g["__main__"]
+    assert "bench" in g["cli"] and "metrics" in g["bench.measure"]  # a subpackage, both ways
+    assert "bench.codecs" in g["bench.results"] and "bench.run" in g["bench"]
 
 
 def test_nothing_imports_the_cli():
