@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -27,18 +26,10 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 import vaecodec  # noqa: E402
 from vaecodec import machine, weights  # noqa: E402
+from vaecodec.bench.measure import best_of as best  # noqa: E402
 from vaecodec.metrics import psnr  # noqa: E402
 
 V1_HASH = "47ee00b1d1cbe06d"
-
-
-def best(f, repeat: int):
-    out, t = None, []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = f()
-        t.append(time.perf_counter() - t0)
-    return min(t), out
 
 
 def main() -> None:

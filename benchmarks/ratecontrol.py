@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ from PIL import Image
 
 import vaecodec
 from vaecodec import machine, ratecontrol
+from vaecodec.bench.results import json_safe
 from vaecodec.metrics import psnr
 
 FAR = 0.97        # the issue: "lands within 3% below" the size target
@@ -188,17 +188,6 @@ def summarize(rows: list[dict], bpps: list[float], psnrs: list[float], n_images:
     return "\n".join(out) + "\n"
 
 
-def _finite(o):
-    """JSON-safe: infinite or NaN floats (a lossless PSNR) become null."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("directory")
@@ -266,8 +255,8 @@ def main() -> None:
                   "out-of-range (psnr); error",
     }
     (out / "results.json").write_text(json.dumps(
-        _finite({"config": config, "machine": host, "notes": notes, "summary_md": summary,
-                 "rows": rows}), indent=1, allow_nan=False) + "\n")
+        json_safe({"config": config, "machine": host, "notes": notes, "summary_md": summary,
+                   "rows": rows}), indent=1, allow_nan=False) + "\n")
     cols = ["image", "width", "height", "kind", "target", "target_bytes", "bytes", "bpp", "ratio",
             "quality", "psnr", "search_value", "error", "tries", "seconds", "plain_seconds",
             "status"]

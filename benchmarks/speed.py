@@ -41,7 +41,6 @@ import csv
 import json
 import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -53,6 +52,7 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 import vaecodec  # noqa: E402
 from vaecodec import codec, machine, weights  # noqa: E402
+from vaecodec.bench.measure import best_of  # noqa: E402
 from vaecodec.metrics import psnr  # noqa: E402
 from vaecodec.intnet import gains_fixed  # noqa: E402
 
@@ -94,13 +94,8 @@ def compressai_twin(path: str | None, level: float):
 
 
 def best(f, repeat: int) -> tuple[float, object]:
-    out = f()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = f()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+    """Best of `repeat` after a warm-up call of its own, so every figure skips first-call costs."""
+    return best_of(f, repeat, warm_up=True)
 
 
 def floor_times(loaded, xp: torch.Tensor, repeat: int) -> dict[str, float]:
