@@ -14,12 +14,13 @@ is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 from .errors import VaecodecError
 
@@ -72,12 +73,20 @@ def read_input(path: str) -> bytes:
     return Path(path).read_bytes()
 
 
-def write_output(path: str, data: bytes) -> None:
+def write_output(path: str, data: "bytes | Callable[[BinaryIO], None]") -> None:
+    """``data``: bytes, or a function that writes them to a file (a big image is then
+    saved straight to disk, never held as a file's bytes in memory)."""
     from .image import write_atomic
 
     if path == "-":
         if sys.stdout.isatty():
             raise VaecodecError("refusing to write binary data to a terminal; use -o FILE")
+        if callable(data):          # some writers seek (TIFF), and a pipe cannot
+            import io
+
+            buf = io.BytesIO()
+            data(buf)
+            data = buf.getvalue()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
@@ -99,6 +108,7 @@ class EncodeTask:
     print_psnr: bool = False
     frame: int | None = None
     threads: int | None = None
+    progress: bool = False
 
     def __call__(self, input: str, output: str) -> Done:
         import vaecodec
@@ -107,11 +117,12 @@ class EncodeTask:
 
         target = dict(self.target)
         # closed when done: a multi-frame file keeps its file open for seeking
-        with read_image(read_input(input) if input == "-" else input) as im:
+        with read_image(read_input(input) if input == "-" else input) as im, \
+                tile_bar("encoding", self.progress) as progress:
             data = vaecodec.encode(im, self.quality, model=self.model, device=self.device,
                                    keep_metadata=self.keep_metadata, fast=self.fast,
                                    effort=self.effort, rdoq=self.rdoq, frame=self.frame,
-                                   threads=self.threads, **target)
+                                   threads=self.threads, progress=progress, **target)
             write_output(output, data)
             h = vaecodec.read_header(data)
             how = "".join(f" (chosen for --{'size' if k == 'size' else 'target-' + k} {v:g})"
@@ -137,6 +148,7 @@ class DecodeTask:
     fast: bool = False
     format: str = "PNG"
     threads: int | None = None
+    progress: bool = False
 
     def __call__(self, input: str, output: str) -> Done:
         import vaecodec
@@ -146,19 +158,65 @@ class DecodeTask:
         data = read_input(input)
         h = vaecodec.read_header(data)
         image.check_writable(fmt, h.width, h.height, h.mode)
-        im = vaecodec.decode(data, model=self.model, device=self.device, fast=self.fast,
-                             threads=self.threads)
-        write_output(output, image.image_bytes(im, fmt))
+        with tile_bar("decoding", self.progress) as progress:
+            im = vaecodec.decode(data, model=self.model, device=self.device, fast=self.fast,
+                                 threads=self.threads, progress=progress)
+        write_output(output, lambda f: image.save_image(im, f, fmt))
         return Done(f"{input} -> {output}: {im.size[0]}x{im.size[1]} {im.mode}", len(data),
                     h.width * h.height)
+
+
+@contextlib.contextmanager
+def tile_bar(verb: str, on: bool) -> "Iterator[Callable[[int, int], None] | None]":
+    """A progress bar of tiles done for one big file, on stderr: only where a person
+    watches (``on`` is False with --quiet and in batches, which have their own bar; never
+    into a file or a pipe), and only once the work has taken two seconds, so a small image
+    shows nothing. Gone when done."""
+    if not on or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=verb, unit="tile", file=sys.stderr, leave=False, dynamic_ncols=True,
+               delay=2.0)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether writing ``b`` would replace ``a`` (the same path, a link to it, a hard link)."""
+    if "-" in (a, b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def run_one(task: Task, job: Job) -> Done:
+    """One job, after the checks that need no work: an output that would overwrite its
+    input, or is a directory, fails before anything is read."""
+    if job.problem:
+        raise VaecodecError(job.problem)
+    if same_file(job.input, job.output):
+        raise VaecodecError(f"the output {job.output} is the input: it would be "
+                            "overwritten; choose another -o")
+    if job.output not in ("-", "") and Path(job.output).is_dir():
+        raise VaecodecError(f"the output {job.output} is a directory")
+    return task(job.input, job.output)
 
 
 def attempt(task: Task, job: Job) -> tuple[Job, Done | str]:
     """Run one job: its Done, or the one-line reason it failed (naming the input)."""
     try:
-        if job.problem:
-            raise VaecodecError(job.problem)
-        return job, task(job.input, job.output)
+        return job, run_one(task, job)
     except EXPECTED_ERRORS as e:
         msg = describe(e)
         return job, msg if job.input in msg else f"{job.input}: {msg}"

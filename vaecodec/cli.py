@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from . import DEFAULT_QUALITY, VaecodecError, __version__
-from .batch import EXPECTED_ERRORS, DecodeTask, Done, EncodeTask, Job, Task, describe
+from .batch import (EXPECTED_ERRORS, DecodeTask, Done, EncodeTask, Job, Task, describe,
+                    run_one)
 from .batch import run as run_jobs
 
 EPILOG = """\b
@@ -167,9 +168,10 @@ def encode(inputs: tuple[str, ...], output: str | None, quality: float | None, s
         raise click.UsageError(f"{' and '.join(given)} are alternatives: give one")
     target = tuple((k, v) for k, v in (("size", size), ("bpp", target_bpp),
                                        ("psnr", target_psnr)) if v is not None)
+    plan = _plan(inputs, output, ".vae", _is_image_name)
     task = EncodeTask(quality, target, model, device, keep_metadata, fast, effort, rdoq,
-                      print_psnr, frame, threads)
-    _run(_plan(inputs, output, ".vae", _is_image_name), task, quiet, "encoded", jobs)
+                      print_psnr, frame, threads, progress=not (quiet or plan[1]))
+    _run(plan, task, quiet, "encoded", jobs)
 
 
 def _plan(inputs: tuple[str, ...], output: str | None, suffix: str, wanted
@@ -236,7 +238,7 @@ def _run(plan: tuple[list[Job], bool], task: Task, quiet: bool, verb: str,
     shows a progress bar on a terminal's stderr and ends with a summary line."""
     jobs, batch = plan
     if not batch:
-        _report(task(jobs[0].input, jobs[0].output).message, jobs[0].output, quiet)
+        _report(run_one(task, jobs[0]).message, jobs[0].output, quiet)
         return
     start = time.perf_counter()
     bar = _progress_bar(len(jobs), verb, quiet)
@@ -322,7 +324,8 @@ def decode(inputs: tuple[str, ...], output: str | None, fmt: str | None, model: 
                                    f"{fmt}: give one")
     for job in plan[0]:
         output_format(job.output, default)    # an unknown extension fails before any work
-    _run(plan, DecodeTask(model, device, fast, default, threads), quiet, "decoded", jobs)
+    task = DecodeTask(model, device, fast, default, threads, progress=not (quiet or plan[1]))
+    _run(plan, task, quiet, "decoded", jobs)
 
 
 @main.command(epilog=EPILOG)

@@ -19,6 +19,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image
@@ -48,11 +49,34 @@ class Planes:
     mode: str                    # one of bitstream.MODES
 
 
+#: Bytes per pixel an encode holds besides one tile's working memory: the decoded input
+#: (Pillow keeps RGB in 4 bytes), its RGB array, and the latent (3 bytes a pixel).
+ENCODE_BYTES_PER_PIXEL = 10
+TILE_WORK_BYTES = 600 << 20
+
+
 def read_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Open and fully decode an image, turning every failure into one ``InputImageError``."""
+    """Open and fully decode an image, turning every failure into one ``InputImageError``.
+
+    Pillow's own decompression-bomb guard (a warning above 89 MP, an error above 179 MP) is
+    replaced by the codec's limits: the container's 65535 pixels a side, and the memory
+    this machine has for coding that many pixels, checked before the pixels are decoded."""
+    import warnings
+
     try:
-        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        im.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        try:
+            _check_size(im, source)
+            im.load()
+        except BaseException:
+            im.close()
+            raise
         return im
     except FileNotFoundError:
         raise InputImageError(f"no such file: {source}") from None
@@ -63,6 +87,23 @@ def read_image(source: str | os.PathLike | bytes) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         name = "input" if isinstance(source, bytes) else str(source)
         raise InputImageError(f"cannot read {name} as an image ({e})") from None
+
+
+def _check_size(im: Image.Image, source: str | os.PathLike | bytes) -> None:
+    from . import machine
+    from .bitstream import MAX_SIDE
+
+    w, h = im.size
+    name = "the input" if isinstance(source, bytes) else str(source)
+    if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
+        raise InputImageError(f"{name} is {w}x{h} pixels; a .vae file holds 1..{MAX_SIDE} "
+                              "pixels a side")
+    need = w * h * ENCODE_BYTES_PER_PIXEL + TILE_WORK_BYTES
+    have = machine.available_memory()
+    if have is not None and need > have:
+        raise InputImageError(
+            f"not enough memory for {name} ({w}x{h}): encoding it needs about "
+            f"{need / 1e9:.1f} GB and {have / 1e9:.1f} GB is available")
 
 
 def frame_count(im: Image.Image) -> int:
@@ -194,9 +235,25 @@ def split(im: Image.Image) -> Planes:
     alpha = None
     if mode in ("RGBA", "LA"):
         alpha = np.asarray(im.getchannel("A"), dtype=np.uint8).copy()
-    gray_or_rgb = im.convert("L" if mode in ("L", "LA") else "RGB")
-    rgb = np.asarray(gray_or_rgb.convert("RGB"), dtype=np.uint8)
-    return Planes(rgb=np.ascontiguousarray(rgb), alpha=alpha, mode=mode)
+    return Planes(rgb=_rgb_array(im), alpha=alpha, mode=mode)
+
+
+#: Rows converted at a time by ``_rgb_array``.
+_STRIP = 256
+
+
+def _rgb_array(im: Image.Image) -> np.ndarray:
+    """HxWx3 uint8, filled a strip of rows at a time: ``np.asarray(im.convert("RGB"))`` would
+    hold a converted copy and Pillow's ``tobytes`` chunks and their join besides the result
+    (~10 bytes a pixel over the input's 4, 1 GB at 100 MP)."""
+    w, h = im.size
+    out = np.empty((h, w, 3), np.uint8)
+    for r0 in range(0, h, _STRIP):
+        strip = im.crop((0, r0, w, min(h, r0 + _STRIP)))
+        if strip.mode != "RGB":
+            strip = strip.convert("L" if strip.mode in ("L", "LA") else "RGB").convert("RGB")
+        out[r0:r0 + strip.height] = np.asarray(strip, dtype=np.uint8)
+    return out
 
 
 def merge(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> Image.Image:
@@ -311,6 +368,12 @@ def _inflate(data: bytes, what: str, limit: int = MAX_METADATA) -> bytes:
 
 def png_bytes(im: Image.Image) -> bytes:
     """PNG with the image's ICC profile, EXIF and XMP, whichever ``im.info`` has."""
+    buf = io.BytesIO()
+    _save_png(im, buf)
+    return buf.getvalue()
+
+
+def _save_png(im: Image.Image, f: BinaryIO) -> None:
     from PIL.PngImagePlugin import PngInfo
 
     opts = {}
@@ -324,9 +387,7 @@ def png_bytes(im: Image.Image) -> bytes:
         info.add_itxt(_XMP_KEY, xmp.decode("utf-8") if isinstance(xmp, bytes) else xmp,
                       zip=True)
         opts["pnginfo"] = info
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", **opts)
-    return buf.getvalue()
+    im.save(f, format="PNG", **opts)
 
 
 #: What ``decode`` writes, by the output file's extension. PNG is the default (and what goes
@@ -364,11 +425,20 @@ def check_writable(fmt: str, width: int, height: int, mode: str) -> None:
 
 
 def image_bytes(im: Image.Image, fmt: str = "PNG") -> bytes:
-    """The decoded image as a file of ``fmt`` (see OUTPUT_FORMATS), with the ICC profile,
-    EXIF and XMP where the format has a place for them: PNG, TIFF and WebP hold all three,
-    BMP and PPM none."""
+    """The decoded image as the bytes of a ``fmt`` file (see ``save_image``)."""
+    buf = io.BytesIO()
+    save_image(im, buf, fmt)
+    return buf.getvalue()
+
+
+def save_image(im: Image.Image, f: BinaryIO, fmt: str = "PNG") -> None:
+    """The decoded image as a file of ``fmt`` (see OUTPUT_FORMATS) written to ``f``, with
+    the ICC profile, EXIF and XMP where the format has a place for them: PNG, TIFF and WebP
+    hold all three, BMP and PPM none. Written straight to ``f``: a big image's file never
+    sits in memory besides its pixels."""
     if fmt == "PNG":
-        return png_bytes(im)
+        _save_png(im, f)
+        return
     check_writable(fmt, im.width, im.height, im.mode)
     icc, exif, xmp = im.info.get("icc_profile"), im.info.get("exif"), im.info.get("xmp")
     if isinstance(xmp, str):
@@ -390,32 +460,53 @@ def image_bytes(im: Image.Image, fmt: str = "PNG") -> bytes:
             im = im.convert("RGBA" if im.mode == "LA" else "RGB")
     if icc and fmt in ("TIFF", "WEBP"):
         opts["icc_profile"] = icc
-    buf = io.BytesIO()
     try:
-        im.save(buf, format=fmt, **opts)
-    except (OSError, ValueError, TypeError, struct.error) as e:
+        im.save(f, format=fmt, **opts)
+    except OSError as e:
+        if getattr(e, "errno", None) is not None:   # the file's, not the format's (disk full)
+            raise
         raise VaecodecError(f"cannot write the image as {fmt} ({e})") from None
-    return buf.getvalue()
+    except (ValueError, TypeError, struct.error) as e:
+        raise VaecodecError(f"cannot write the image as {fmt} ({e})") from None
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], None]) -> None:
     """Temp file in the same directory + rename: a failure or Ctrl-C never leaves a partial
-    file, and an existing file is replaced only by a complete new one."""
+    file, and an existing file is replaced only by a complete new one. ``data``: the bytes,
+    or a function that writes them to the open file. Failing to write (a full disk, a
+    directory without write permission) is one ``VaecodecError`` naming the file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    if path.is_dir():
+        raise VaecodecError(f"cannot write {path}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                   dir=path.parent or ".")
+    except OSError as e:
+        raise VaecodecError(f"cannot write {path}: {_reason(e)}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise VaecodecError(f"cannot write {path}: {_reason(e)}") from None
         raise
+
+
+def _reason(e: OSError) -> str:
+    """'no space left on device', 'permission denied': the OS's words, lower case."""
+    words = e.strerror or str(e)
+    return words[:1].lower() + words[1:]
 
 
 def _umask() -> int:
