@@ -90,6 +90,8 @@ def seeds() -> tuple[bytes, ...]:
         vaecodec.encode(rgba, 20),
         vaecodec.encode(natural_image(50, 40, seed=3).convert("L"), 75),
         vaecodec.encode(_with_metadata(natural_image(48, 32, seed=4)), 5, keep_metadata=True),
+        vaecodec.encode(natural_image(1030, 20, seed=6), 60),     # 2 tiles: version 3
+        vaecodec.encode(natural_image(20, 1030, seed=7).convert("RGBA"), 30),
     )
 
 
@@ -200,6 +202,15 @@ def structured(draw, data: bytes) -> bytes:
     elif kind == "chunk":
         tag, payload = draw(st.sampled_from(hostile_chunks()))
         c.side[tag] = payload
+    # the version a new size or latent codec needs; junk y strings of version 3 files are
+    # framed as tiles, so that the file parses and the decoder meets the junk
+    h.version = bitstream.version_for(h.latent_codec, h.width, h.height)
+    if h.version == 3:
+        try:
+            bitstream.split_tiles(c.y_string, h.width, h.height)
+        except bitstream.FormatError:
+            rows, cols = bitstream.tile_grid(h.width, h.height)
+            c.y_string = bitstream.join_tiles([(0, c.y_string)] + [(0, b"")] * (rows * cols - 1))
     with pixel_cap(1 << 26):        # sizes above the decoder target's cap are wanted too
         return bitstream.pack(c)
 

@@ -170,10 +170,8 @@ def pack(c: Container) -> bytes:
         raise FormatError(f"cannot write a .vae file: {too_long[0]} exceeds 4 GiB")
     if h.latent_codec not in LATENT_CODECS:
         raise FormatError(f"unknown latent codec {h.latent_codec!r}")
-    if h.version != version_for(h.latent_codec, h.width, h.height):
-        raise FormatError(f"a {h.latent_codec} image of {h.width}x{h.height} is a version "
-                          f"{version_for(h.latent_codec, h.width, h.height)} file, not "
-                          f"{h.version}")
+    if h.version not in VERSIONS or (h.version == 1) != (h.latent_codec == "hyperprior"):
+        raise FormatError(f"a {h.latent_codec} image cannot be a version {h.version} file")
     if h.version == 3:
         split_tiles(c.y_string, h.width, h.height)
     codec = LATENT_CODECS.index(h.latent_codec)
