@@ -315,9 +315,7 @@ def decode_pixels(coded: Coded, loaded: LoadedModel, device: str | None = None,
         except (RuntimeError, ValueError) as e:
             raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
         if crc != h.symbols_crc:
-            raise DecodeMismatchError(
-                "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
-                "file is corrupt or was encoded by an incompatible implementation")
+            raise _mismatch()
         return _to_uint8(x, h.height, h.width)
 
 
@@ -343,10 +341,7 @@ def _decode_tiles(coded: Coded, model: Any, dev: Any, integer: bool, fast: bool,
 
     def done(i: int, crc: int) -> None:
         if crc != tiles[i][0]:
-            raise DecodeMismatchError(
-                f"decoded symbols do not match the encoder's in y tile {i + 1} of {n} (symbol "
-                "checksum mismatch): the file is corrupt or was encoded by an incompatible "
-                "implementation")
+            raise _mismatch(f" in y tile {i + 1} of {n}")
         if tick is not None:
             tick()
 
@@ -359,10 +354,15 @@ def _decode_tiles(coded: Coded, model: Any, dev: Any, integer: bool, fast: bool,
         except (RuntimeError, ValueError) as e:
             raise VaecodecError(f"corrupt .vae file: entropy decoding failed ({e})") from None
         if crc != h.symbols_crc:
-            raise DecodeMismatchError(
-                "decoded symbols do not match the encoder's (symbol checksum mismatch): the "
-                "file is corrupt or was encoded by an incompatible implementation")
+            raise _mismatch()
         return _synthesize_u8(model, y_hat, h.height, h.width, dev, bf16(dev, fast), tick)
+
+
+def _mismatch(where: str = "") -> DecodeMismatchError:
+    """A desynchronised range decoder: never write what it gave."""
+    return DecodeMismatchError(
+        f"decoded symbols do not match the encoder's{where} (symbol checksum mismatch): the "
+        "file is corrupt or was encoded by an incompatible implementation")
 
 
 def _check_memory(width: int, height: int) -> None:
