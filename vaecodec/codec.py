@@ -369,12 +369,10 @@ def _check_memory(width: int, height: int) -> None:
     """Refuse, before allocating, an image this machine cannot hold: a small file can
     declare 65535 x 65535 pixels (a decompression bomb), and running out of memory half-way
     would kill the process instead of saying why."""
-    need = width * height * DECODE_BYTES_PER_PIXEL + TILE_WORK_BYTES
-    have = machine.available_memory()
-    if have is not None and need > have:
-        raise VaecodecError(
-            f"not enough memory for a {width}x{height} image: decoding it needs about "
-            f"{need / 1e9:.1f} GB and {have / 1e9:.1f} GB is available")
+    short = machine.memory_shortfall(width * height * DECODE_BYTES_PER_PIXEL + TILE_WORK_BYTES)
+    if short:
+        raise VaecodecError(f"not enough memory for a {width}x{height} image: decoding it "
+                            + short)
 
 
 def _bounded_for_range_decoder(coded: Coded, model) -> tuple[bytes, bytes]:

@@ -98,12 +98,9 @@ def _check_size(im: Image.Image, source: str | os.PathLike | bytes) -> None:
     if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE):
         raise InputImageError(f"{name} is {w}x{h} pixels; a .vae file holds 1..{MAX_SIDE} "
                               "pixels a side")
-    need = w * h * ENCODE_BYTES_PER_PIXEL + TILE_WORK_BYTES
-    have = machine.available_memory()
-    if have is not None and need > have:
-        raise InputImageError(
-            f"not enough memory for {name} ({w}x{h}): encoding it needs about "
-            f"{need / 1e9:.1f} GB and {have / 1e9:.1f} GB is available")
+    short = machine.memory_shortfall(w * h * ENCODE_BYTES_PER_PIXEL + TILE_WORK_BYTES)
+    if short:
+        raise InputImageError(f"not enough memory for {name} ({w}x{h}): encoding it " + short)
 
 
 def frame_count(im: Image.Image) -> int:

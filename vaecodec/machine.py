@@ -110,3 +110,12 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def memory_shortfall(need: int) -> str | None:
+    """Why ``need`` bytes will not fit ("needs about 43.0 GB and 20.1 GB is available"), or
+    None when they fit or the machine does not say."""
+    have = available_memory()
+    if have is None or need <= have:
+        return None
+    return f"needs about {need / 1e9:.1f} GB and {have / 1e9:.1f} GB is available"
