@@ -124,6 +124,10 @@ def test_end_to_end_writes_json_csv_png(image_dir: Path, tmp_path: Path) -> None
     bd = {b.codec: b for b in result.bd}
     assert set(bd) == {"webp", "published-x"} and bd["published-x"].reference
     assert bd["webp"].bd_rate is not None
+    # every measured row says what an encode cost: the mean over its settings' images
+    webp_enc = [a.enc_s for a in result.aggregates if a.codec == "webp"]
+    assert bd["webp"].enc_s == pytest.approx(float(np.mean(webp_enc)))
+    assert bd["published-x"].enc_s is None and "enc s/img" in result.table
 
     doc = json.loads((out / "results.json").read_text())
     assert set(doc) >= {"config", "machine", "aggregates", "bd", "rows"}
@@ -277,3 +281,18 @@ def test_jpeg_xl_is_in_the_same_table_json_and_csv(image_dir: Path, tmp_path: Pa
     with open(tmp_path / "out" / "results.csv", newline="") as f:
         codecs = {r["codec"] for r in csv.DictReader(f)}
     assert codecs == {"jpeg", "jxl"}
+
+
+@pytest.mark.skipif(not bench.CODECS["avif"].available() or not bench.CODECS["jxl"].available(),
+                    reason="Pillow without AVIF or pillow-jxl-plugin missing")
+def test_slow_presets_are_named_rows_beside_the_defaults(image_dir: Path) -> None:
+    """avifenc -s 0 in both chroma layouts and cjxl -e 9: real slower settings (different
+    files), measured only when named, in the same table as the default presets."""
+    img = _photo(64, 48, 5)
+    for slow, default in (("avif-s0", "avif"), ("avif444-s0", "avif444"), ("jxl-e9", "jxl")):
+        assert slow not in bench.available_codecs() and default in bench.available_codecs()
+        assert bench.CODECS[slow].encode(img, 50) != bench.CODECS[default].encode(img, 50)
+        assert bench.CODECS[slow].decode(bench.CODECS[slow].encode(img, 50)).size == img.size
+    assert _av1c_subsampling(bench.CODECS["avif444-s0"].encode(img, 50)) == (0, 0)
+    assert _av1c_subsampling(bench.CODECS["avif-s0"].encode(img, 50)) == (1, 1)
+    assert bench._select_codecs("jxl-e9,avif-s0,jpeg") == ["jpeg", "avif-s0", "jxl-e9"]

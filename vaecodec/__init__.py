@@ -48,10 +48,11 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     always kept; EXIF and XMP only with ``keep_metadata=True``. ``fast=True`` runs the
     analysis transform in bfloat16: about 1.7x faster encoding on CPUs with bfloat16 dot
     products, about 0.1% more bits at the same quality, and a file any decoder reads.
-    ``effort`` 1..4 makes the encoder search for better symbols for this very image (25, 50,
-    100, 200 iterations of the decoder's gradient; see refine.py): a smaller file at the
-    same quality for about 17 s (effort 1) to 130 s (effort 4) more per megapixel on 2 CPU
-    cores; 0 (default) does not search. The file is an ordinary one: decoders do not know or care.
+    ``effort`` 1..4 makes the encoder search for better symbols for this very image
+    (``codec.EFFORT_TABLE``, refine.py): a lower rate-distortion cost at the same quality for
+    more encode time; 0 (default) does not search. The file is an ordinary one: decoders do
+    not know or care. With a target, the quality is fitted without search and the search
+    runs once at that quality, its file kept only where it still meets the target.
     ``rdoq`` (default) rounds the latent where it saves more bits than it costs in
     distortion (rdoq.py: ~1-3% less rate-distortion cost at low rates, a few ms); False
     rounds to nearest, as CompressAI does (bit-for-bit comparisons with it).
@@ -100,18 +101,30 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
                                         fast=fast, effort=effort, rdoq=rdoq, progress=progress))
     analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device,
                                     fast=fast)
-    if psnr is not None:
-        def try_psnr(q: float) -> tuple[bytes, float]:
-            coded, y_hat = codec.code_at(analysis, q, loaded, effort=effort, rdoq=rdoq)
-            return pack(coded), metrics.psnr(planes.rgb, codec.reconstruct(analysis, y_hat,
-                                                                           loaded))
+    # The quality is fitted with the plain encoder (a try costs milliseconds, a searched one
+    # seconds); the search then runs once, at the quality found, and its file is kept only
+    # where it still meets the target.
 
-        return ratecontrol.fit_psnr(try_psnr, lambda r: r[1], float(psnr)).result[0]
-    h, w = planes.rgb.shape[:2]
-    limit = int(size) if size is not None else int(float(bpp) * w * h / 8)
-    return ratecontrol.fit_size(
-        lambda q: pack(codec.code_at(analysis, q, loaded, effort=effort, rdoq=rdoq)[0]), len,
-        limit).result
+    def try_at(q: float, e: int) -> tuple[bytes, float | None]:
+        coded, y_hat = codec.code_at(analysis, q, loaded, effort=e, rdoq=rdoq,
+                                     y_hat=psnr is not None or bool(e))
+        value = (metrics.psnr(planes.rgb, codec.reconstruct(analysis, y_hat, loaded))
+                 if psnr is not None else None)
+        return pack(coded), value
+
+    if psnr is not None:
+        fit = ratecontrol.fit_psnr(lambda q: try_at(q, 0), lambda r: r[1], float(psnr))
+        meets = lambda r: abs(r[1] - psnr) <= max(0.05, abs(fit.result[1] - psnr))  # noqa: E731
+    else:
+        h, w = planes.rgb.shape[:2]
+        limit = int(size) if size is not None else int(float(bpp) * w * h / 8)
+        fit = ratecontrol.fit_size(lambda q: try_at(q, 0), lambda r: len(r[0]), limit)
+        meets = lambda r: len(r[0]) <= limit  # noqa: E731
+    if effort:
+        searched = try_at(fit.quality, effort)
+        if meets(searched):
+            return searched[0]
+    return fit.result[0]
 
 
 def decode(data: bytes, *, model: str | os.PathLike | None = None,

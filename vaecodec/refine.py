@@ -2,33 +2,45 @@
 
 The analysis transform is amortised: one network trained to give good latents for the
 average training crop, at a cost of a few percent of rate on any particular image (the
-"amortisation gap"), more for a model as young as ours. The decoder is fixed by the file
-format: g_s, and the means and scales the integer hyper-synthesis derives from z. So the
-encoder is free to pick other y symbols, and with the gradient of the decoder's own
-rate-distortion cost it can pick better ones. This is the learned-codec form of what
-cwebp's ``-m 6`` or an AV1 encoder's slow presets do: the format and the decoder do not
-change, only the encoder works harder.
+"amortisation gap"). The decoder is fixed by the file format: g_s, the integer
+hyper-synthesis and the integer context. So the encoder is free to pick other y symbols,
+and with the gradient of the decoder's own rate-distortion cost it can pick better ones.
+This is the learned-codec form of what cwebp's ``-m 6`` or an AV1 encoder's slow presets
+do: the format and the decoder do not change, only the encoder works harder.
+
+What is searched are the *symbols*: each latent's offset from the mean the decoder will
+use for it. With a context model that mean (and the scale) depends on symbols decoded
+before it (earlier channel groups, the group's anchors), so every iteration runs the
+decoder's own passes in float and with gradients, in the decoder's order: group by group,
+anchors then non-anchors, each pass's means and scales from what the passes before it
+decoded (``_decode_soft``). The rate term is therefore the one the range coder pays, and
+its gradient also flows through the context into the symbols it depends on. (Pricing
+every symbol with the hyperprior's params instead, as a hyperprior-only search does,
+optimises a rate the coder never pays: with the context models it found nothing.) Scales
+are the coder's table entries (straight-through), so the bits are the coder's to within
+the float context's rounding.
 
 Rounding has no useful gradient, so the search uses stochastic Gumbel annealing (Yang,
 Bamler, Mandt, "Improving Inference for Neural Image Compression", NeurIPS 2020): each
-latent is a soft, randomly drawn mix of its two neighbouring integers, and the temperature
-falls so that the mix ends up as a hard choice. Straight-through rounding and a purely
-continuous relaxation both did worse here (kodim01 at quality 50, 40 iterations: rate-
-distortion cost +4% / -0.8% against -2% with annealing).
+symbol is a soft, randomly drawn mix of its two neighbouring integers, and the temperature
+falls so that the mix ends up as a hard choice.
 
-z, and with it every mean and scale, stays as the analysis made it: the search sees exactly
-the entropy model the decoder will use, so its rate estimate is the coder's, and the
-rounding at the end (``compress_latent``) is the ordinary one. The caller compares the
-result with the plain encode and keeps the better (``codec.code_at``).
+z, and with it the hyperprior's means and scales, stays as the analysis made it. The
+result is turned back into a latent whose nearest rounding under the *integer* networks
+gives the searched symbols, so the file is coded exactly as any other (CRC, every machine).
+The caller compares the result with the plain encode and keeps the better
+(``codec.code_at``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from . import metrics
-from .intnet import gains_fixed
+from .intnet import FRAC_BITS, gains_fixed
 from .model import Y_STRIDE
 
 #: Adam step, in quantisation steps of the gained latent; the temperature's start and end.
@@ -39,59 +51,148 @@ LR, TAU_START, TAU_END = 0.05, 0.5, 0.02
 TILE, HALO = 48, 4
 
 
-def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int,
+@dataclass(frozen=True)
+class Schedule:
+    """One effort level's search: iterations, Adam step and the temperature's start/end."""
+
+    iterations: int
+    lr: float = LR
+    tau_start: float = TAU_START
+    tau_end: float = TAU_END
+
+
+def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int | Schedule,
            seed: int = 0, autocast: bool = True) -> Tensor:
     """A better ungained latent for image ``x`` (1 x 3 x H x W, uint8 or float in [0, 1],
     unpadded; ``y`` covers its padded size) at rate ``level``, minimising the training objective
-    ``lambda * 255^2 * MSE + bpp`` at that level's lambda.
+    ``lambda * 255^2 * MSE + bpp`` at that level's lambda, with bits priced as the model's
+    latent codec codes them.
 
-    Runs tile by tile, each tile with its neighbours' current latents as fixed context, so
+    Runs tile by tile, each tile with its neighbours' current symbols as fixed context, so
     memory stays bounded on big images; an image of at most TILE x TILE latents is searched
     whole. The same inputs and seed give the same result on one machine. bfloat16 autocast
-    only where it is fast (``fastpath.bf16_is_fast``): emulated on an AVX2-only CPU it made an
-    effort-2 search ~15x slower than float32."""
+    for g_s only where it is fast (``fastpath.bf16_is_fast``)."""
     from .fastpath import bf16_is_fast
 
+    sched = iterations if isinstance(iterations, Schedule) else Schedule(int(iterations))
     autocast = autocast and bf16_is_fast(x.device)
+    dev = x.device
+    with torch.inference_mode(False), torch.no_grad():
+        start = _start(model, y, z, level)
+        v = start["offsets"].to(dev)
+        sh, mh = start["scales_h"].to(dev), start["means_h"].to(dev)
+        gy, gy_inv = start["gy"].to(dev), start["gy_inv"].to(dev)
+    lam = model.lambda_for(level)
+    H, W = v.shape[-2:]
+    gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode(False), torch.enable_grad():
-        dev = x.device
-        y = y.detach().to(dev, torch.float32).clone()
-        z = z.detach().to(model.lambdas.device, torch.float32).clone()
-        means, scales, gy, gy_inv = (t.to(dev) for t in _decoder_view(model, z, level))
-        lam = model.lambda_for(level)
-        u = y * gy
-        H, W = u.shape[-2:]
-        gen = torch.Generator().manual_seed(seed)
         for t0 in range(0, H, TILE):
             for s0 in range(0, W, TILE):
-                _search_tile(model, u, means, scales, gy_inv, x, lam, iterations, gen, autocast,
+                _search_tile(model, v, sh, mh, gy, gy_inv, x, lam, sched, gen, autocast,
                              (t0, min(H, t0 + TILE)), (s0, min(W, s0 + TILE)))
-        return (u / gy).detach()
-
-
-def _decoder_view(model, z: Tensor, level: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The means and (table) scales the decoder will use for the gained y, and the gains."""
     with torch.no_grad():
-        _, idx, means = model.code_z(z, level)
-        scales = model.gaussian_conditional.scale_table.cpu()[idx.long()]
-        gy = torch.tensor(gains_fixed(model.y_log_gain, level)[0]).view(1, -1, 1, 1)
-        gy_inv = torch.tensor(gains_fixed(model.y_log_gain_inv, level)[0]).view(1, -1, 1, 1)
-    return means.clone(), scales.clone(), gy, gy_inv
+        return _latent_for(model, start, torch.round(v).cpu(), level)
 
 
-def _search_tile(model, u: Tensor, means: Tensor, scales: Tensor, gy_inv: Tensor, x: Tensor,
-                 lam: float, iterations: int, gen: torch.Generator, autocast: bool,
+def _start(model, y: Tensor, z: Tensor, level: float) -> dict[str, Tensor]:
+    """The plain encode as the decoder sees it: the hyperprior's (ungained) scales and means
+    as floats, the gains, and each latent's offset from the mean its pass will give it (the
+    integer networks' means, passes in coding order, earlier passes rounded to nearest)."""
+    lv = torch.full((1,), float(level), device=z.device)
+    zg = z.float() * model.gains(lv)[2]
+    z_hat_g = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(zg),
+                                                  zg.shape[-2:])
+    scales_i, means_i = model._hyper(z_hat_g, level, True)
+    g, _ = gains_fixed(model.y_log_gain, level)
+    g_inv, _ = gains_fixed(model.y_log_gain_inv, level)
+    gy = torch.tensor(g, dtype=torch.float32).view(1, -1, 1, 1)
+    y_g = y.float().cpu() * gy
+    offsets = torch.zeros_like(y_g)
+
+    def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None) -> Tensor:
+        r = (y_g[:, c] - mu)
+        off = offsets[:, c]
+        off[part] = r[part]
+        out = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
+        out[part] = torch.round(r[part]).int()
+        return out
+
+    model._code_passes(scales_i, means_i, level, True, code)
+    unit = 2.0 ** -FRAC_BITS
+    return {"offsets": offsets, "scales_h": (scales_i * unit).float(),
+            "means_h": (means_i * unit).float(), "scales_i": scales_i, "means_i": means_i,
+            "gy": gy, "gy_inv": torch.tensor(g_inv, dtype=torch.float32).view(1, -1, 1, 1)}
+
+
+def _latent_for(model, start: dict[str, Tensor], symbols: Tensor, level: float) -> Tensor:
+    """The ungained latent whose nearest rounding, under the integer networks' means, is
+    ``symbols``: each symbol plus the mean its pass gives it, un-gained."""
+    means = torch.zeros_like(symbols)
+    sym = symbols.int()
+
+    def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, prev: Tensor | None) -> Tensor:
+        m = means[:, c]
+        m[part] = mu[part]
+        out = torch.zeros(idx.shape, dtype=torch.int32) if prev is None else prev.clone()
+        out[part] = sym[:, c][part]
+        return out
+
+    model._code_passes(start["scales_i"], start["means_i"], level, True, code)
+    return (symbols + means) / start["gy"]
+
+
+def _decode_soft(model, q: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+    """The decoder's passes in float over (soft) symbols ``q`` (gained offsets from the
+    means): returns each latent's gained scale and the decoded ungained latent. Means and
+    scales of a pass come from what earlier passes decoded, so gradients reach through the
+    context into the symbols it reads."""
+    ctx = getattr(model, "context", None)
+    if ctx is None:  # the hyperprior: one pass
+        return sh * gy, (q + mh * gy) * gy_inv
+    from .context import GroupedCheckerboardContext, anchor_mask
+
+    mask = anchor_mask(*q.shape[-2:], device=q.device).bool()
+    if not isinstance(ctx, GroupedCheckerboardContext):  # one checkerboard over all channels
+        anchors = (q + mh * gy) * gy_inv * mask
+        sc, mc = ctx(anchors, sh, mh, gy_inv)
+        s, m = torch.where(mask, sh, sc), torch.where(mask, mh, mc)
+        return s * gy, (q + m * gy) * gy_inv
+    scales, decoded = [], []
+    for k in range(len(ctx.groups)):
+        qk, g, gi, shk, mhk = (ctx.slice(k, t) for t in (q, gy, gy_inv, sh, mh))
+        prev = torch.cat(decoded, 1) if k else None
+        sa, ma = ctx.anchor_params(k, prev, shk, mhk, gi)
+        sn, mn = ctx.nonanchor_params(k, prev, (qk + ma * g) * gi * mask, shk, mhk, gi)
+        s, m = torch.where(mask, sa, sn), torch.where(mask, ma, mn)
+        scales.append(s * g)
+        decoded.append((qk + m * g) * gi)
+    return torch.cat(scales, 1), torch.cat(decoded, 1)
+
+
+def _table_scale(gc, sigma: Tensor) -> Tensor:
+    """The coder's scale for ``sigma``: the smallest table entry at or above it (CompressAI's
+    ``build_indexes``), with sigma's own gradient (straight through)."""
+    table = gc.scale_table.to(sigma.device, sigma.dtype)
+    idx = torch.bucketize(sigma.detach().contiguous(), table).clamp_(max=table.numel() - 1)
+    return sigma + (table[idx] - sigma).detach()
+
+
+def _search_tile(model, v: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: Tensor,
+                 x: Tensor, lam: float, sched: Schedule, gen: torch.Generator, autocast: bool,
                  rows: tuple[int, int], cols: tuple[int, int]) -> None:
-    """Optimise u[rows, cols] in place; distortion is judged on the pixels of the tile and
-    of its halo except the outermost latent's worth (whose own context is cut off)."""
-    H, W = u.shape[-2:]
+    """Optimise the symbols v[rows, cols] in place; the halo's symbols are fixed context.
+    Bits count the tile's own symbols; distortion is judged on the pixels of the tile and of
+    its halo except the outermost latent's worth (whose own context is cut off)."""
+    H, W = v.shape[-2:]
     (t0, t1), (s0, s1) = rows, cols
     a0, a1, b0, b1 = max(0, t0 - HALO), min(H, t1 + HALO), max(0, s0 - HALO), min(W, s1 + HALO)
-    inner = (slice(t0 - a0, t1 - a0), slice(s0 - b0, s1 - b0))
     region = (..., slice(a0, a1), slice(b0, b1))
-    fixed = u[region].clone()
-    mu, sigma = means[region][(...,) + inner], scales[region][(...,) + inner]
-    v = (u[region][(...,) + inner] - mu).clone().requires_grad_(True)
+    inner = torch.zeros((1, 1, a1 - a0, b1 - b0), dtype=torch.bool, device=v.device)
+    inner[..., t0 - a0:t1 - a0, s0 - b0:s1 - b0] = True
+    fixed = v[region].clone()
+    sh, mh = sh[region], mh[region]
+    w = fixed.clone().requires_grad_(True)
     # pixels judged: the region's, less one latent on each side that is not an image border
     p = Y_STRIDE
     py0 = (a0 + (a0 > 0)) * p
@@ -103,20 +204,24 @@ def _search_tile(model, u: Tensor, means: Tensor, scales: Tensor, gy_inv: Tensor
         target = target.float() / 255
     n_px = x.shape[-2] * x.shape[-1]  # bpp is per pixel of the whole image
     gc = model.gaussian_conditional
-    opt = torch.optim.Adam([v], lr=LR)
-    for it in range(iterations):
-        tau = TAU_START * (TAU_END / TAU_START) ** (it / max(1, iterations - 1))
-        lo = torch.floor(v.detach())
-        d = (v - lo).clamp(1e-4, 1 - 1e-4)
+    lower = float(gc.lower_bound_scale.bound)
+    opt = torch.optim.Adam([w], lr=sched.lr)
+    n = sched.iterations
+    for it in range(n):
+        tau = sched.tau_start * (sched.tau_end / sched.tau_start) ** (it / max(1, n - 1))
+        lo = torch.floor(w.detach())
+        d = (w - lo).clamp(1e-4, 1 - 1e-4)
         logits = torch.stack([-torch.atanh(d), -torch.atanh(1 - d)]) / tau
-        noise = torch.rand(logits.shape, generator=gen).clamp_(1e-9, 1).to(v.device)
+        noise = torch.rand(logits.shape, generator=gen).clamp_(1e-9, 1).to(w.device)
         gumbel = -torch.log(-torch.log(noise))
         soft = lo + torch.softmax(logits + gumbel, 0)[1]
-        bits = -torch.log2(gc._likelihood(soft, sigma).clamp_min(1e-9)).sum()
-        latent = fixed.clone()
-        latent[(...,) + inner] = soft + mu
-        with torch.autocast(v.device.type, dtype=torch.bfloat16, enabled=autocast):
-            x_hat = model.g_s(latent * gy_inv)
+        q = torch.where(inner, soft, fixed)
+        sigma, latent = _decode_soft(model, q, sh, mh, gy, gy_inv)
+        sigma = _table_scale(gc, sigma.clamp_min(lower))
+        lik = gc._likelihood(q, sigma)
+        bits = -torch.log2(lik.clamp_min(1e-9)).masked_select(inner.expand_as(lik)).sum()
+        with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=autocast):
+            x_hat = model.g_s(latent.contiguous(memory_format=torch.channels_last))
         x_hat = x_hat.float()[..., py0 - a0 * p:py1 - a0 * p, px0 - b0 * p:px1 - b0 * p]
         mse_sum = (x_hat - target).pow(2).sum() / 3
         loss = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse_sum / n_px, bits / n_px)
@@ -124,5 +229,4 @@ def _search_tile(model, u: Tensor, means: Tensor, scales: Tensor, gy_inv: Tensor
         loss.backward()
         opt.step()
     with torch.no_grad():
-        u[(...,) + (slice(t0, t1), slice(s0, s1))] = v.detach() + mu
-
+        v[..., t0:t1, s0:s1] = w.detach()[..., t0 - a0:t1 - a0, s0 - b0:s1 - b0]

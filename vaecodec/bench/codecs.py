@@ -87,10 +87,13 @@ def _webp_encode(img: Image.Image, q: Setting) -> bytes:
     return _pillow_save(img, "WEBP", quality=int(round(q)), method=6)
 
 
-def _avif_encode(img: Image.Image, q: Setting, subsampling: str = "4:2:0") -> bytes:
+def _avif_encode(img: Image.Image, q: Setting, subsampling: str = "4:2:0",
+                 speed: int | None = None) -> bytes:
     # 4:2:0 is what most AVIF files in the wild use (and libavif's default); 4:4:4 keeps
-    # full-resolution chroma, as vaecodec does, so both layouts are in the race.
-    return _pillow_save(img, "AVIF", quality=int(round(q)), subsampling=subsampling)
+    # full-resolution chroma, as vaecodec does, so both layouts are in the race. speed None
+    # is Pillow's default (6); 0 is avifenc -s 0, the slowest and smallest.
+    extra = {} if speed is None else {"speed": speed}
+    return _pillow_save(img, "AVIF", quality=int(round(q)), subsampling=subsampling, **extra)
 
 
 def _jxl_plugin() -> bool:
@@ -102,11 +105,11 @@ def _jxl_plugin() -> bool:
     return True
 
 
-def _jxl_encode(img: Image.Image, q: Setting) -> bytes:
-    # effort 7 is cjxl's default; lossless_jpeg=False: the bench hands over pixels, never
-    # a JPEG to transcode.
+def _jxl_encode(img: Image.Image, q: Setting, effort: int = 7) -> bytes:
+    # effort 7 is cjxl's default, 9 its slowest regular preset (cjxl -e 9);
+    # lossless_jpeg=False: the bench hands over pixels, never a JPEG to transcode.
     _jxl_plugin()
-    return _pillow_save(img, "JXL", quality=int(round(q)), effort=7, lossless_jpeg=False)
+    return _pillow_save(img, "JXL", quality=int(round(q)), effort=effort, lossless_jpeg=False)
 
 
 def _jxl_decode(data: bytes) -> Image.Image:
@@ -187,8 +190,19 @@ _REGISTRY: tuple[Codec, ...] = (
     Codec("avif444", AVIF_QUALITIES, functools.partial(_avif_encode, subsampling="4:4:4"),
           _pillow_decode, available=_pillow_has("avif"),
           description="Pillow/libavif, default speed, 4:4:4 (full-resolution chroma)"),
+    Codec("avif-s0", AVIF_QUALITIES, functools.partial(_avif_encode, speed=0), _pillow_decode,
+          available=_pillow_has("avif"), default=False,
+          description="Pillow/libavif, speed 0 (slowest), 4:2:0"),
+    Codec("avif444-s0", AVIF_QUALITIES,
+          functools.partial(_avif_encode, subsampling="4:4:4", speed=0), _pillow_decode,
+          available=_pillow_has("avif"), default=False,
+          description="Pillow/libavif, speed 0 (slowest), 4:4:4"),
     Codec("jxl", JXL_QUALITIES, _jxl_encode, _jxl_decode, available=_jxl_plugin,
           description="pillow-jxl-plugin/libjxl, effort 7",
+          requires="the pillow-jxl-plugin package (a dependency of vaecodec)"),
+    Codec("jxl-e9", JXL_QUALITIES, functools.partial(_jxl_encode, effort=9), _jxl_decode,
+          available=_jxl_plugin, default=False,
+          description="pillow-jxl-plugin/libjxl, effort 9 (cjxl -e 9)",
           requires="the pillow-jxl-plugin package (a dependency of vaecodec)"),
     Codec("jp2", JP2_RATIOS, _jp2_encode, _pillow_decode, available=_pillow_has("jpg_2000"),
           setting_label="ratio", description="Pillow/OpenJPEG, 9/7 wavelet, rate = 24/ratio bpp"),

@@ -57,12 +57,12 @@ def format_table(result: BenchResult) -> str:
     lines.append("")
     if result.bd:
         lines.append(f"Bjontegaard deltas vs {ANCHOR} (cubic fit; negative BD-rate = fewer bits)")
-        lines.append(f"{'codec':<24} {'BD-rate %':>10} {'BD-PSNR dB':>11}")
+        lines.append(f"{'codec':<24} {'BD-rate %':>10} {'BD-PSNR dB':>11} {'enc s/img':>10}")
         for b in result.bd:
             name = f"{b.codec} [ref]" if b.reference else b.codec
             lines.append(
                 f"{name:<24} {_fmt(b.bd_rate, '+.2f', 'n/a'):>10} "
-                f"{_fmt(b.bd_psnr, '+.3f', 'n/a'):>11}"
+                f"{_fmt(b.bd_psnr, '+.3f', 'n/a'):>11} {_fmt(b.enc_s, '.2f'):>10}"
             )
     elif ANCHOR not in cfg["codecs"]:
         lines.append(f"(no BD table: it needs {ANCHOR} among the codecs)")

@@ -59,6 +59,9 @@ class BDEntry:
     bd_rate: float | None
     bd_psnr: float | None
     reference: bool = False
+    #: Mean wall seconds to encode one image, over the curve's settings: what a point of
+    #: the curve costs, so a slow preset's gain can be weighed against its time.
+    enc_s: float | None = None
 
 
 @dataclass
@@ -135,14 +138,15 @@ def rd_curves(aggs: list[Aggregate], n_images: int) -> dict[str, tuple[list[floa
     return curves
 
 
-def bd_table(curves: dict, refs: list[dict]) -> list[BDEntry]:
+def bd_table(curves: dict, refs: list[dict], aggs: list[Aggregate] = ()) -> list[BDEntry]:
     """Every measured curve, then every published one, against the anchor's curve; empty
-    when the anchor was not measured."""
+    when the anchor was not measured. ``aggs`` give each curve its encode seconds."""
     if ANCHOR not in curves:
         return []
     r0, p0 = curves[ANCHOR]
     entries = [
-        BDEntry(name, ANCHOR, bd_rate(r0, p0, r, p), bd_psnr(r0, p0, r, p))
+        BDEntry(name, ANCHOR, bd_rate(r0, p0, r, p), bd_psnr(r0, p0, r, p),
+                enc_s=_mean(a.enc_s for a in aggs if a.codec == name and not a.reference))
         for name, (r, p) in curves.items()
         if name != ANCHOR
     ]

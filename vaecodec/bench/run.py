@@ -93,6 +93,16 @@ def _machine(jobs: int, worker_threads: int | None) -> dict[str, Any]:
     }
 
 
+def _weights_hash() -> str | None:
+    """The default weights' hash (hex), so a result says which model it measured."""
+    try:
+        from .. import weights
+
+        return weights.file_hash(weights.default_weights_path()).hex()
+    except Exception:
+        return None
+
+
 def run_bench(
     directory: str | os.PathLike,
     codecs: str | Sequence[str] | None = None,
@@ -166,13 +176,14 @@ def run_bench(
         "settings": {n: list(settings[n]) for n in selected},
         "codec_notes": {n: CODECS[n].description for n in selected},
         "anchor": ANCHOR,
+        "weights": _weights_hash() if any(n.startswith("vaecodec") for n in selected) else None,
         "jobs": jobs,
         "reference": [c["file"] for c in refs],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command_line": sys.argv,
     }
     result = BenchResult(config, _machine(jobs, worker_threads), rows, aggregates,
-                         bd_table(curves, refs))
+                         bd_table(curves, refs, aggregates))
     result.table = format_table(result)
     if out is not None:
         write_outputs(result, out, curves, refs)
