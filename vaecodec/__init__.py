@@ -52,7 +52,8 @@ def encode(image: "Image.Image", quality: float | None = None, *,
     (``codec.EFFORT_TABLE``, refine.py): a lower rate-distortion cost at the same quality for
     more encode time; 0 (default) does not search. The file is an ordinary one: decoders do
     not know or care. With a target, the quality is fitted without search and the search
-    runs once at that quality, its file kept only where it still meets the target.
+    runs once at that quality, its file kept only where it meets the target and is better
+    (for a size: a higher PSNR; for a PSNR: no more bytes).
     ``rdoq`` (default) rounds the latent where it saves more bits than it costs in
     distortion (rdoq.py: ~1-3% less rate-distortion cost at low rates, a few ms); False
     rounds to nearest, as CompressAI does (bit-for-bit comparisons with it).
@@ -102,27 +103,33 @@ def _encode(image: "Image.Image", quality: float | None, size: int | None,
     analysis = codec.analyze_pixels(planes.rgb, loaded, mode=planes.mode, device=device,
                                     fast=fast)
     # The quality is fitted with the plain encoder (a try costs milliseconds, a searched one
-    # seconds); the search then runs once, at the quality found, and its file is kept only
-    # where it still meets the target.
+    # seconds); the search then runs once, at the quality found, and its file replaces the
+    # plain one only where it is better on the side the target leaves free: for a size, at
+    # most the limit and a higher PSNR; for a PSNR, as close to it and no more bytes.
+    measure = psnr is not None or bool(effort)
 
     def try_at(q: float, e: int) -> tuple[bytes, float | None]:
-        coded, y_hat = codec.code_at(analysis, q, loaded, effort=e, rdoq=rdoq,
-                                     y_hat=psnr is not None or bool(e))
+        coded, y_hat = codec.code_at(analysis, q, loaded, effort=e, rdoq=rdoq, y_hat=measure)
         value = (metrics.psnr(planes.rgb, codec.reconstruct(analysis, y_hat, loaded))
-                 if psnr is not None else None)
+                 if measure else None)
         return pack(coded), value
 
     if psnr is not None:
         fit = ratecontrol.fit_psnr(lambda q: try_at(q, 0), lambda r: r[1], float(psnr))
-        meets = lambda r: abs(r[1] - psnr) <= max(0.05, abs(fit.result[1] - psnr))  # noqa: E731
+
+        def better(r: tuple[bytes, float | None]) -> bool:
+            miss = abs(fit.result[1] - psnr)
+            return abs(r[1] - psnr) <= max(0.05, miss) and len(r[0]) <= len(fit.result[0])
     else:
         h, w = planes.rgb.shape[:2]
         limit = int(size) if size is not None else int(float(bpp) * w * h / 8)
         fit = ratecontrol.fit_size(lambda q: try_at(q, 0), lambda r: len(r[0]), limit)
-        meets = lambda r: len(r[0]) <= limit  # noqa: E731
+
+        def better(r: tuple[bytes, float | None]) -> bool:
+            return len(r[0]) <= limit and r[1] > fit.result[1]
     if effort:
         searched = try_at(fit.quality, effort)
-        if meets(searched):
+        if better(searched):
             return searched[0]
     return fit.result[0]
 

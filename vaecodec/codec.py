@@ -161,7 +161,7 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
 
     x = torch.from_numpy(np.require(a.rgb, np.uint8, ["C", "W"])).to(a.y.device)
     x = x.permute(2, 0, 1)[None]
-    y = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
+    y = refine.refine(loaded.model, a.y, a.z, x, level, iterations, coding_tile=TILE_LATENTS)
     searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer, rdoq=False)
     lam = loaded.model.lambda_for(level)
     cost = [_rd_cost(a, c, yh, loaded, lam) for c, yh in ((coded, y_hat), (searched, y_hat_s))]

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from . import metrics
 from .intnet import FRAC_BITS, gains_fixed
-from .model import Y_STRIDE
+from .model import Y_STRIDE, windows
 
 #: Adam step, in quantisation steps of the gained latent; the temperature's start and end.
 LR, TAU_START, TAU_END = 0.05, 0.5, 0.02
@@ -62,7 +62,7 @@ class Schedule:
 
 
 def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int | Schedule,
-           seed: int = 0, autocast: bool = True) -> Tensor:
+           seed: int = 0, autocast: bool = True, coding_tile: int = 64) -> Tensor:
     """A better ungained latent for image ``x`` (1 x 3 x H x W, uint8 or float in [0, 1],
     unpadded; ``y`` covers its padded size) at rate ``level``, minimising the training objective
     ``lambda * 255^2 * MSE + bpp`` at that level's lambda, with bits priced as the model's
@@ -71,14 +71,16 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
     Runs tile by tile, each tile with its neighbours' current symbols as fixed context, so
     memory stays bounded on big images; an image of at most TILE x TILE latents is searched
     whole. The same inputs and seed give the same result on one machine. bfloat16 autocast
-    for g_s only where it is fast (``fastpath.bf16_is_fast``)."""
+    for g_s only where it is fast (``fastpath.bf16_is_fast``). ``coding_tile``: the
+    container's y tile in latents (a tile's context sees that tile alone), so that the
+    returned latent codes to exactly the searched symbols on big images too."""
     from .fastpath import bf16_is_fast
 
     sched = iterations if isinstance(iterations, Schedule) else Schedule(int(iterations))
     autocast = autocast and bf16_is_fast(x.device)
     dev = x.device
     with torch.inference_mode(False), torch.no_grad():
-        start = _start(model, y, z, level)
+        start = _start(model, y, z, level, coding_tile)
         v = start["offsets"].to(dev)
         sh, mh = start["scales_h"].to(dev), start["means_h"].to(dev)
         gy, gy_inv = start["gy"].to(dev), start["gy_inv"].to(dev)
@@ -94,7 +96,7 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
         return _latent_for(model, start, torch.round(v).cpu(), level)
 
 
-def _start(model, y: Tensor, z: Tensor, level: float) -> dict[str, Tensor]:
+def _start(model, y: Tensor, z: Tensor, level: float, coding_tile: int) -> dict[str, Tensor]:
     """The plain encode as the decoder sees it: the hyperprior's (ungained) scales and means
     as floats, the gains, and each latent's offset from the mean its pass will give it (the
     integer networks' means, passes in coding order, earlier passes rounded to nearest)."""
@@ -109,19 +111,18 @@ def _start(model, y: Tensor, z: Tensor, level: float) -> dict[str, Tensor]:
     y_g = y.float().cpu() * gy
     offsets = torch.zeros_like(y_g)
 
-    def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, sym: Tensor | None) -> Tensor:
-        r = (y_g[:, c] - mu)
-        off = offsets[:, c]
-        off[part] = r[part]
-        out = torch.zeros(idx.shape, dtype=torch.int32) if sym is None else sym.clone()
-        out[part] = torch.round(r[part]).int()
-        return out
+    def code(tile: tuple, c: slice, part: Tensor, idx: Tensor, mu: Tensor) -> Tensor:
+        r = y_g[tile][:, c] - mu
+        offsets[tile][:, c][part] = r[part]
+        return torch.round(r).int()
 
-    model._code_passes(scales_i, means_i, level, True, code)
     unit = 2.0 ** -FRAC_BITS
-    return {"offsets": offsets, "scales_h": (scales_i * unit).float(),
-            "means_h": (means_i * unit).float(), "scales_i": scales_i, "means_i": means_i,
-            "gy": gy, "gy_inv": torch.tensor(g_inv, dtype=torch.float32).view(1, -1, 1, 1)}
+    start = {"offsets": offsets, "scales_h": (scales_i * unit).float(),
+             "means_h": (means_i * unit).float(), "scales_i": scales_i, "means_i": means_i,
+             "gy": gy, "gy_inv": torch.tensor(g_inv, dtype=torch.float32).view(1, -1, 1, 1),
+             "coding_tile": coding_tile}
+    _code_by_tile(model, start, level, code)
+    return start
 
 
 def _latent_for(model, start: dict[str, Tensor], symbols: Tensor, level: float) -> Tensor:
@@ -130,15 +131,29 @@ def _latent_for(model, start: dict[str, Tensor], symbols: Tensor, level: float) 
     means = torch.zeros_like(symbols)
     sym = symbols.int()
 
-    def code(c: slice, part: Tensor, idx: Tensor, mu: Tensor, prev: Tensor | None) -> Tensor:
-        m = means[:, c]
-        m[part] = mu[part]
-        out = torch.zeros(idx.shape, dtype=torch.int32) if prev is None else prev.clone()
-        out[part] = sym[:, c][part]
-        return out
+    def code(tile: tuple, c: slice, part: Tensor, idx: Tensor, mu: Tensor) -> Tensor:
+        means[tile][:, c][part] = mu[part]
+        return sym[tile][:, c]
 
-    model._code_passes(start["scales_i"], start["means_i"], level, True, code)
+    _code_by_tile(model, start, level, code)
     return (symbols + means) / start["gy"]
+
+
+def _code_by_tile(model, start: dict, level: float, code) -> None:
+    """Run the coder's passes (integer networks) in its own tiles, as ``compress_tiles``
+    does (a tile's context sees that tile alone), calling ``code(tile, channels, part,
+    indexes, gained means)`` for each pass; it returns the group's symbols (all of them:
+    only ``part`` of them is read before the next pass)."""
+    H, W = start["scales_i"].shape[-2:]
+    for t0, t1, s0, s1, *_ in windows(H, W, start["coding_tile"], 0):
+        tile = (..., slice(t0, t1), slice(s0, s1))
+
+        def step(c: slice, part: Tensor, idx: Tensor, mu: Tensor, prev: Tensor | None,
+                 tile: tuple = tile) -> Tensor:
+            out = code(tile, c, part, idx, mu)
+            return out if prev is None else torch.where(part, out, prev)
+
+        model._code_passes(start["scales_i"][tile], start["means_i"][tile], level, True, step)
 
 
 def _decode_soft(model, q: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: Tensor
