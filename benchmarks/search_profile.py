@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -24,16 +23,11 @@ from PIL import Image
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
 
 from vaecodec import codec, fastpath, machine, refine, weights  # noqa: E402
+from vaecodec.bench.measure import best_of  # noqa: E402
 
 
 def best(f, repeat: int) -> float:
-    f()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return best_of(f, repeat, warm_up=True)[0]
 
 
 def main() -> None:

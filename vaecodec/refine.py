@@ -34,8 +34,6 @@ The caller compares the result with the plain encode and keeps the better
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -51,17 +49,7 @@ LR, TAU_START, TAU_END = 0.05, 0.5, 0.02
 TILE, HALO = 48, 4
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """One effort level's search: iterations, Adam step and the temperature's start/end."""
-
-    iterations: int
-    lr: float = LR
-    tau_start: float = TAU_START
-    tau_end: float = TAU_END
-
-
-def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int | Schedule,
+def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int,
            seed: int = 0, autocast: bool = True, coding_tile: int = 64) -> Tensor:
     """A better ungained latent for image ``x`` (1 x 3 x H x W, uint8 or float in [0, 1],
     unpadded; ``y`` covers its padded size) at rate ``level``, minimising the training objective
@@ -76,7 +64,6 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
     returned latent codes to exactly the searched symbols on big images too."""
     from .fastpath import bf16_is_fast
 
-    sched = iterations if isinstance(iterations, Schedule) else Schedule(int(iterations))
     autocast = autocast and bf16_is_fast(x.device)
     dev = x.device
     with torch.inference_mode(False), torch.no_grad():
@@ -90,7 +77,7 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
     with torch.inference_mode(False), torch.enable_grad():
         for t0 in range(0, H, TILE):
             for s0 in range(0, W, TILE):
-                _search_tile(model, v, sh, mh, gy, gy_inv, x, lam, sched, gen, autocast,
+                _search_tile(model, v, sh, mh, gy, gy_inv, x, lam, int(iterations), gen, autocast,
                              (t0, min(H, t0 + TILE)), (s0, min(W, s0 + TILE)))
     with torch.no_grad():
         return _latent_for(model, start, torch.round(v).cpu(), level)
@@ -194,7 +181,7 @@ def _table_scale(gc, sigma: Tensor) -> Tensor:
 
 
 def _search_tile(model, v: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: Tensor,
-                 x: Tensor, lam: float, sched: Schedule, gen: torch.Generator, autocast: bool,
+                 x: Tensor, lam: float, n: int, gen: torch.Generator, autocast: bool,
                  rows: tuple[int, int], cols: tuple[int, int]) -> None:
     """Optimise the symbols v[rows, cols] in place; the halo's symbols are fixed context.
     Bits count the tile's own symbols; distortion is judged on the pixels of the tile and of
@@ -220,10 +207,9 @@ def _search_tile(model, v: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: T
     n_px = x.shape[-2] * x.shape[-1]  # bpp is per pixel of the whole image
     gc = model.gaussian_conditional
     lower = float(gc.lower_bound_scale.bound)
-    opt = torch.optim.Adam([w], lr=sched.lr)
-    n = sched.iterations
+    opt = torch.optim.Adam([w], lr=LR)
     for it in range(n):
-        tau = sched.tau_start * (sched.tau_end / sched.tau_start) ** (it / max(1, n - 1))
+        tau = TAU_START * (TAU_END / TAU_START) ** (it / max(1, n - 1))
         lo = torch.floor(w.detach())
         d = (w - lo).clamp(1e-4, 1 - 1e-4)
         logits = torch.stack([-torch.atanh(d), -torch.atanh(1 - d)]) / tau
