@@ -42,7 +42,7 @@ def main() -> None:
     rgb = np.asarray(Image.open(a.image).convert("RGB"))
     an = codec.analyze_pixels(rgb, loaded)
     level = codec.quality_to_level(a.quality, m.levels)
-    st = refine._start(m, an.y, an.z, level)
+    st = refine._start(m, an.y, an.z, level, codec.TILE_LATENTS)
     args = (st["scales_h"], st["means_h"], st["gy"], st["gy_inv"])
     q = st["offsets"].clone().requires_grad_(True)
     res = {}
