@@ -123,3 +123,89 @@ def test_export_records_the_total_training(tmp_path):
     b = tmp_path / "b.pt"                                   # from a checkpoint, not weights
     train(b, "--steps", "1", "--init-from", str(ck))
     assert exported(b)["steps"] == "14"
+
+
+def test_crops_are_drawn_by_area_and_leave_the_held_out_photos_out(tmp_path):
+    """Every pixel equally likely: a photo three times the area of another gives three times
+    the crops. The held-out photos (by name) never reach training."""
+    import os
+    import random
+
+    import numpy as np
+
+    from vaecodec.train import CropPool, held_out
+
+    small, big = tmp_path / "a", tmp_path / "b"
+    small.mkdir()
+    big.mkdir()
+    kept = [f"photo{i}.png" for i in range(100) if not held_out(f"photo{i}.png")]
+    natural_image(64, 64).point(lambda v: 0).save(small / kept[0])
+    natural_image(192, 64).point(lambda v: 255).save(big / kept[1])
+    name = next(f"photo{i}.png" for i in range(1000) if held_out(f"photo{i}.png"))
+    natural_image(64, 64).point(lambda v: 128).save(small / name)
+    pool = CropPool(os.pathsep.join(map(str, (small, big))), 64, 0.0, hold_out=True)
+    assert len(pool) == 2 and pool.pixels == 64 * 64 + 192 * 64
+    x = pool.batch(2000, random.Random(0))
+    means = x.mean((1, 2, 3)).numpy()
+    assert not np.any(np.isclose(means, 128 / 255))          # the held-out photo
+    assert 0.70 < float(np.mean(means > 0.5)) < 0.80           # 3/4 of the area
+    assert len(CropPool(str(small), 64, 0.0, hold_out=False)) == 2
+
+
+def test_straight_through_rate_is_what_rounding_pays():
+    """``rate="ste"``: y's likelihoods are those of the rounded symbols (the bits the coder's
+    float model prices, ``train_context.grouped_bits`` with rounding), while the noise term
+    is not; and its gradient reaches the analysis transform."""
+    import numpy as np
+
+    from vaecodec import weights
+    from vaecodec.train_context import grouped_bits, prior
+
+    torch.manual_seed(0)
+    model = weights.load(weights.default_weights_path(), fast=False).model
+    model.train()
+    model.entropy_bottleneck.eval()    # z rounded, as the coder has it: compare y alone
+    x = torch.from_numpy(np.asarray(natural_image(64, 64), dtype=np.float32) / 255)
+    x = x.permute(2, 0, 1)[None]
+    level = torch.tensor([3.0])
+    with torch.no_grad():
+        ste_bits = float(-torch.log2(model(x, level, rate="ste")["likelihoods"]["y"]).sum())
+    with torch.no_grad():
+        p = prior(model, model.g_a(x), level)
+        rounded = float(grouped_bits(model.context, p, noise=False).sum())
+    assert ste_bits == pytest.approx(rounded, rel=1e-4)
+    with torch.no_grad():
+        noise_bits = float(-torch.log2(model(x, level)["likelihoods"]["y"]).sum())
+    assert noise_bits > 1.05 * rounded      # noise overprices the small-scale symbols
+    model.requires_grad_(True)
+    loss = -torch.log2(model(x, level, rate="ste")["likelihoods"]["y"]).sum()
+    loss.backward()
+    assert model.g_a[0].weight.grad.abs().sum() > 0
+
+
+def test_a_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, monkeypatch):
+    """The skip decision stays on the device (fused Adam's found_inf): a NaN loss changes no
+    weight and the log says how many batches were skipped."""
+    from vaecodec import train as train_mod
+
+    real = train_mod.rd_loss
+
+    def nan_loss(*a, **k):
+        r = real(*a, **k)
+        return dict(r, loss=r["loss"] * float("nan"))
+
+    monkeypatch.setattr(train_mod, "rd_loss", nan_loss)
+    data = tmp_path / "data"
+    data.mkdir()
+    natural_image(80, 72).save(data / "img.png")
+    ck = tmp_path / "ck.pt"
+    res = CliRunner().invoke(main, ["train", str(data), "--out", str(ck), "--crop", "64",
+                                    "--batch-size", "1", "--threads", "1", "--steps", "3",
+                                    "--log-every", "3"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "3 of the last 3 batches skipped" in res.output
+    state = torch.load(ck, weights_only=True)["model"]
+    torch.manual_seed(0)                       # the trainer's seed: its initial weights
+    fresh = train_mod.model_like(None).state_dict()
+    for k in ("g_a.0.weight", "g_s.0.weight", "y_log_gain"):
+        assert torch.equal(state[k], fresh[k]), k

@@ -9,6 +9,7 @@ worker processes; this module parses options and prints.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -408,7 +409,8 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 
 
 @main.command(epilog=EPILOG)
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data_dirs", metavar="DATA_DIR...", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Checkpoint file, written every few minutes.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False),
               help="Continue this checkpoint (same schedule: --minutes counts its time too).")
@@ -422,8 +424,21 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 @click.option("--lr", type=float, default=1e-4, show_default=True)
 @click.option("--decay-frac", type=float, default=0.2, show_default=True,
               help="Last fraction of the run that decays the learning rate to 1e-5.")
+@click.option("--transform-lr", type=float, default=1.0, show_default=True,
+              help="The transforms' learning rate as a fraction of --lr (the context, "
+              "gains and entropy models take the full rate).")
+@click.option("--ema", type=float, default=0.999, show_default=True,
+              help="Decay of the weights' moving average (what is exported).")
+@click.option("--rate", type=click.Choice(["noise", "ste"]), default="noise",
+              show_default=True, help="y's rate term: uniform noise, or the rounded symbols "
+              "(straight-through), which is what the coder pays.")
+@click.option("--hold-out/--no-hold-out", default=True, show_default=True,
+              help="Leave out the held-out 1/16 of the photos (chosen by file name), to "
+              "judge the run on.")
 @click.option("--bf16/--no-bf16", default=True, show_default=True,
               help="bfloat16 autocast around the transforms (about 2x faster on CPU).")
+@click.option("--log-every", type=int, default=50, show_default=True,
+              help="Steps between log lines (and the host syncs they need).")
 @click.option("--threads", type=int, default=0, help="Torch threads (0: all cores).")
 @click.option("--device", default="cpu", show_default=True,
               help="cpu or cuda (under torchrun each process takes the GPU of its LOCAL_RANK).")
@@ -434,11 +449,13 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
               help="Append a CSV learning curve here (under torchrun spell it --log-csv: "
               "torchrun takes --log for a prefix of its own --log-dir).")
 @friendly_errors
-def train(data_dir: str, out: str, resume: str | None, init_from: str | None, steps: int,
-          minutes: float, batch_size: int, crop: int, lr: float, decay_frac: float,
-          bf16: bool, threads: int, device: str, snapshot_minutes: float,
+def train(data_dirs: tuple[str, ...], out: str, resume: str | None, init_from: str | None,
+          steps: int, minutes: float, batch_size: int, crop: int, lr: float,
+          decay_frac: float, transform_lr: float, ema: float, rate: str, hold_out: bool,
+          bf16: bool, log_every: int, threads: int, device: str, snapshot_minutes: float,
           log: str | None) -> None:
-    """Train (or continue training) the model on random crops of the images in DATA_DIR.
+    """Train (or continue training) the model on random crops of the images in the DATA_DIRs
+    (each pixel equally likely, so a large photo gives more crops than a small one).
 
     \b
     Several GPUs or machines (DistributedDataParallel, nccl on GPUs, gloo on CPUs):
@@ -448,10 +465,11 @@ def train(data_dir: str, out: str, resume: str | None, init_from: str | None, st
 
     if not steps and not minutes:
         raise click.UsageError("give --steps or --minutes (or both)")
-    cfg = TrainConfig(data=data_dir, out=out, steps=steps, minutes=minutes,
+    cfg = TrainConfig(data=os.pathsep.join(data_dirs), out=out, steps=steps, minutes=minutes,
                       batch_size=batch_size, crop=crop, lr=lr, decay_frac=decay_frac,
-                      bf16=bf16, threads=threads, device=device, init_from=init_from,
-                      snapshot_minutes=snapshot_minutes, log=log)
+                      transform_lr_mult=transform_lr, ema=ema, rate=rate, hold_out=hold_out,
+                      bf16=bf16, log_every=max(log_every, 1), threads=threads, device=device,
+                      init_from=init_from, snapshot_minutes=snapshot_minutes, log=log)
     try:
         run(cfg, resume=resume)
     except ValueError as e:

@@ -163,13 +163,15 @@ class VariableRateHyperprior(nn.Module):
 
     # -- training ------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
-        """Training pass: uniform noise for the rate terms, straight-through rounding
-        ``round(y - mu) + mu`` into the synthesis (no train/test mismatch for g_s)."""
+    def forward(self, x: Tensor, level: Tensor, autocast: bool = False,
+                rate: str = "noise") -> dict[str, Any]:
+        """Training pass: straight-through rounding ``round(y - mu) + mu`` into the synthesis
+        (no train/test mismatch for g_s); y's rate term from uniform noise or, with
+        ``rate="ste"``, from the rounded symbols the coder will pay for."""
         y, scales, means, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
         y_g, scales_g, means_g = y * gy, scales * gy, means * gy
-        _, y_likelihoods = self.gaussian_conditional(y_g, scales_g, means=means_g)
         y_hat_g = y_g + (torch.round(y_g - means_g) + means_g - y_g).detach()
+        y_likelihoods = self._y_likelihoods(y_g, y_hat_g, scales_g, means_g, rate)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(y_hat_g * gy_inv)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
@@ -189,6 +191,19 @@ class VariableRateHyperprior(nn.Module):
             params = self.h_s(z_hat * gz_inv)
         scales, means = params.float().chunk(2, 1)
         return y, scales, means, z_likelihoods, (gy, gy_inv)
+
+    def _y_likelihoods(self, y_g: Tensor, y_hat_g: Tensor, scales_g: Tensor, means_g: Tensor,
+                       rate: str) -> Tensor:
+        """Noise: the usual relaxation, which overprices symbols of small scale (a residual
+        that rounds to 0 costs almost nothing, the same plus noise up to 1/2 costs a lot).
+        "ste": the likelihood of the rounded symbol, its gradient passed straight through."""
+        gc = self.gaussian_conditional
+        if rate == "noise":
+            return gc(y_g, scales_g, means=means_g)[1]
+        if rate != "ste":
+            raise ValueError(f"rate term {rate!r}: 'noise' or 'ste'")
+        lik = gc._likelihood(y_hat_g, scales_g, means_g)
+        return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()
@@ -547,7 +562,8 @@ class CheckerboardHyperprior(VariableRateHyperprior):
         super().__init__(N, M, lambdas)
         self.context = CheckerboardContext(M, ctx, hidden, kernel)
 
-    def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
+    def forward(self, x: Tensor, level: Tensor, autocast: bool = False,
+                rate: str = "noise") -> dict[str, Any]:
         """Joint training pass: as the parent's, with the non-anchors' likelihoods from the
         context, which sees the anchors as the decoder will (rounded around their means)."""
         y, scales_h, means_h, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
@@ -557,8 +573,8 @@ class CheckerboardHyperprior(VariableRateHyperprior):
         scales_c, means_c = self.context(y_hat_g * gy_inv * mask, scales_h, means_h, gy_inv)
         scales = scales_h * mask + scales_c * (1 - mask)
         means = means_h * mask + means_c * (1 - mask)
-        _, y_likelihoods = self.gaussian_conditional(y_g, scales * gy, means=means * gy)
         y_hat_g = y_g + (torch.round(y_g - means * gy) + means * gy - y_g).detach()
+        y_likelihoods = self._y_likelihoods(y_g, y_hat_g, scales * gy, means * gy, rate)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(y_hat_g * gy_inv)
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
@@ -695,14 +711,15 @@ class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
         VariableRateHyperprior.__init__(self, N, M, lambdas)
         self.context = GroupedCheckerboardContext(M, tuple(groups), chan, spat, hidden, kernel)
 
-    def forward(self, x: Tensor, level: Tensor, autocast: bool = False) -> dict[str, Any]:
+    def forward(self, x: Tensor, level: Tensor, autocast: bool = False,
+                rate: str = "noise") -> dict[str, Any]:
         """Joint training pass: every group's params from what the decoder will have (earlier
         groups and the group's anchors rounded around their means), straight-through."""
         y, scales_h, means_h, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
         ctx = self.context
         mask = anchor_mask(*y.shape[-2:], device=y.device).bool()
         y_g = y * gy
-        scales, means, decoded = [], [], []
+        scales, means, decoded, hats = [], [], [], []
         for k in range(len(ctx.groups)):
             yk, g, g_inv, sh, mh = (ctx.slice(k, t) for t in (y_g, gy, gy_inv, scales_h, means_h))
             prev = torch.cat(decoded, 1) if k else None
@@ -710,11 +727,13 @@ class GroupedCheckerboardHyperprior(CheckerboardHyperprior):
             a_hat = yk + (torch.round(yk - ma * g) + ma * g - yk).detach()
             sn, mn = ctx.nonanchor_params(k, prev, a_hat * g_inv * mask, sh, mh, g_inv)
             s, m = torch.where(mask, sa, sn), torch.where(mask, ma, mn)
-            decoded.append((yk + (torch.round(yk - m * g) + m * g - yk).detach()) * g_inv)
+            hats.append(yk + (torch.round(yk - m * g) + m * g - yk).detach())
+            decoded.append(hats[-1] * g_inv)
             scales.append(s)
             means.append(m)
         scales, means = torch.cat(scales, 1), torch.cat(means, 1)
-        _, y_likelihoods = self.gaussian_conditional(y_g, scales * gy, means=means * gy)
+        y_likelihoods = self._y_likelihoods(y_g, torch.cat(hats, 1), scales * gy, means * gy,
+                                            rate)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = self.g_s(torch.cat(decoded, 1))
         return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}

@@ -19,13 +19,16 @@ any number of processes).
 
 from __future__ import annotations
 
+import bisect
 import csv
 import ctypes
+import itertools
 import math
 import os
 import sys
 import random
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -46,7 +49,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str                      # a folder of photos, or several joined by os.pathsep
     out: str
     steps: int = 0                 # 0: no step limit (use minutes)
     minutes: float = 0.0           # 0: no time limit (use steps)
@@ -63,6 +66,11 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     snapshot_minutes: float = 0.0  # >0: also keep the EMA weights every N minutes (learning curve)
     gain_lr_mult: float = 3.0      # the rate gains move slowly at the transforms' lr
+    transform_lr_mult: float = 1.0 # g_a, g_s, h_a, h_s against the context and entropy models
+    rate: str = "noise"            # y's rate term: "noise" (uniform noise) or "ste" (rounded)
+    hold_out: bool = True          # leave out the held-out photos (``held_out``) to judge on
+    log_every: int = 50            # steps between host syncs (log, progress bar)
+    channels_last: bool = True     # the transforms' activations in NHWC (faster convs)
     end_weight: float = 0.5        # extra probability mass (in levels) on each end level
     seed: int = 0
     threads: int = 0               # 0: all cores
@@ -73,44 +81,70 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
 
-class CropPool:
-    """All training photos, decoded once, plus 2x-downscaled copies that wash out the
-    residual JPEG blocking most of these photos carry."""
+def held_out(name: str) -> bool:
+    """A fixed 1/16 of the photos, by file name: the same split on every machine and run.
+    Training leaves them out (``TrainConfig.hold_out``), so that a run can be judged by real
+    files of photos it never saw."""
+    return zlib.crc32(name.encode()) % 16 == 0
 
-    def __init__(self, root: str | os.PathLike, crop: int, downscale_p: float):
+
+def photo_files(roots: str | os.PathLike, hold_out: bool = False) -> list[Path]:
+    """The photos under one folder or several (joined by ``os.pathsep``), sorted, optionally
+    without the held-out ones."""
+    files = []
+    for root in str(roots).split(os.pathsep):
+        files += sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images found in {roots}")
+    return [f for f in files if not (hold_out and held_out(f.name))]
+
+
+class CropPool:
+    """All training photos, decoded once and kept as uint8 where the model runs (on a GPU the
+    crops are cut there: no host copy per step), plus 2x-downscaled copies that wash out the
+    residual JPEG blocking most of these photos carry.
+
+    A crop's photo is drawn with probability proportional to its area, so every pixel is
+    equally likely: a large photo (the high-resolution set) is not worth as much as a
+    thumbnail. The draws come from a Python ``Random`` (no device sync)."""
+
+    def __init__(self, roots: str | os.PathLike, crop: int, downscale_p: float,
+                 hold_out: bool = False, device: torch.device | str = "cpu"):
         self.crop, self.downscale_p = crop, downscale_p
-        files = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ValueError(f"no images found in {root}")
         self.full: list[torch.Tensor] = []
         self.half: list[torch.Tensor] = []
-        for f in files:
+        for f in photo_files(roots, hold_out):
             with Image.open(f) as im:
                 im = im.convert("RGB")
                 if min(im.size) >= crop:
-                    self.full.append(_to_tensor(im))
+                    self.full.append(_to_tensor(im).to(device))
                 w, h = im.size
                 if min(w, h) // 2 >= crop:
                     self.half.append(_to_tensor(im.resize((w // 2, h // 2), Image.BICUBIC,
-                                                          reducing_gap=None)))
+                                                          reducing_gap=None)).to(device))
         if not self.full:
-            raise ValueError(f"no image in {root} is at least {crop}x{crop}")
+            raise ValueError(f"no image in {roots} is at least {crop}x{crop}")
+        self._cum = {id(p): list(itertools.accumulate(t.shape[1] * t.shape[2] for t in p))
+                     for p in (self.full, self.half)}
 
     def __len__(self) -> int:
         return len(self.full)
 
+    @property
+    def pixels(self) -> int:
+        return self._cum[id(self.full)][-1]
+
     def batch(self, n: int, rng: random.Random) -> torch.Tensor:
-        out = torch.empty(n, 3, self.crop, self.crop, dtype=torch.uint8)
-        for k in range(n):
+        crops = []
+        for _ in range(n):
             pool = self.half if self.half and rng.random() < self.downscale_p else self.full
-            img = pool[rng.randrange(len(pool))]
+            cum = self._cum[id(pool)]
+            img = pool[bisect.bisect_right(cum, rng.random() * cum[-1])]
             _, h, w = img.shape
             y, x = rng.randint(0, h - self.crop), rng.randint(0, w - self.crop)
             c = img[:, y:y + self.crop, x:x + self.crop]
-            if rng.random() < 0.5:
-                c = c.flip(-1)
-            out[k] = c
-        return out.float().div_(255)
+            crops.append(c.flip(-1) if rng.random() < 0.5 else c)
+        return torch.stack(crops).float().div_(255)
 
 
 def _to_tensor(im: Image.Image) -> torch.Tensor:
@@ -118,11 +152,11 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
-            bf16: bool) -> dict[str, torch.Tensor]:
+            bf16: bool, rate: str = "noise") -> dict[str, torch.Tensor]:
     """lambda * 255^2 * MSE + bpp, each crop at its own lambda. ``model`` may be the
     DistributedDataParallel wrapper: the forward must go through it (that is what averages
     the gradients), the lambdas come from the model inside."""
-    out = model(x, level, autocast=bf16)
+    out = model(x, level, autocast=bf16, rate=rate)
     n_px = x.size(2) * x.size(3)
     bits = sum(torch.log(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
     bpp = bits / (-math.log(2) * n_px)
@@ -329,13 +363,15 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
         else None
     model, ema = model_like(cfg.init_from, state0), model_like(cfg.init_from, state0)
     del state0
-    named = list(model.named_parameters())
-    gain_params = [p for n, p in named if "log_gain" in n]
-    main_params = [p for n, p in named if not n.endswith(".quantiles") and "log_gain" not in n]
-    aux_params = [p for n, p in named if n.endswith(".quantiles")]
-    opt = torch.optim.Adam([{"params": main_params, "lr_mult": 1.0},
-                            {"params": gain_params, "lr_mult": cfg.gain_lr_mult}], lr=cfg.lr)
+    if cfg.channels_last:   # before anything is loaded or made from the parameters
+        for m in (model.g_a, model.g_s, ema.g_a, ema.g_s):
+            m.to(memory_format=torch.channels_last)
+    groups, aux_params = param_groups(model, cfg)
+    # Fused Adam: one kernel for all tensors, and it skips a step whose gradients were not
+    # finite (``found_inf``) on the device, without a host sync to find out.
+    opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
+    main_params = [p for g in groups for p in g["params"]]
     step, elapsed = 0, 0.0
     out = Path(cfg.out)
     if resume:
@@ -355,7 +391,7 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
     model.to(dev)
     ema.to(dev)
     if ck is not None:  # after .to(): Adam moves its state to where the parameters are
-        opt.load_state_dict(ck["opt"])
+        _load_opt(opt, ck["opt"], model)
         aux_opt.load_state_dict(ck["aux_opt"])
         del ck
     for p in ema.parameters():
@@ -374,11 +410,14 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
     if cfg.bf16 and not bf16_is_fast(dev):
         say(f"bf16 off: {dev} has no fast bfloat16 (it would be emulated, many times slower)")
         cfg = replace(cfg, bf16=False)
-    pool = CropPool(cfg.data, cfg.crop, cfg.downscale_p)
+    pool = CropPool(cfg.data, cfg.crop, cfg.downscale_p, cfg.hold_out, dev)
     procs = f" x {ctx.world} processes ({cfg.batch_size * ctx.world} per step)" \
         if ctx.world > 1 else ""
-    say(f"{len(pool)} images in RAM; batch {cfg.batch_size}{procs} x {cfg.crop}^2; "
-        f"threads {torch.get_num_threads()}; bf16 {cfg.bf16}; device {dev}")
+    say(f"{len(pool)} images ({pool.pixels / 1e6:.0f} MP) on {dev}"
+        f"{', held-out photos left out' if cfg.hold_out else ''}; batch {cfg.batch_size}"
+        f"{procs} x {cfg.crop}^2; rate {cfg.rate}; threads {torch.get_num_threads()}; "
+        f"bf16 {cfg.bf16}")
+    ema_params, model_params = list(ema.parameters()), list(model.parameters())
 
     log_f = open(cfg.log, "a", newline="") if cfg.log and lead else None
     log_w = csv.writer(log_f) if log_f else None
@@ -387,6 +426,8 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
     bar = tqdm(disable=not (progress_bar and lead), initial=step, total=cfg.steps or None,
                dynamic_ncols=True, mininterval=10)
     avg: dict[str, float] = {}
+    sums = torch.zeros(4, device=dev)     # loss, bpp, psnr, skipped: summed between syncs
+    since = 0
     model.train()
     try:
         while True:
@@ -397,18 +438,19 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
             lr = lr_at(cfg, step, prog)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_mult", 1.0)
-            x = pool.batch(cfg.batch_size, rng).to(dev, non_blocking=True)
-            level = sample_levels(cfg.batch_size, model.levels, cfg.end_weight).to(dev)
-            res = rd_loss(net, x, level, cfg.bf16)
+            x = pool.batch(cfg.batch_size, rng)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            level = sample_levels(cfg.batch_size, model.levels, cfg.end_weight, dev)
+            res = rd_loss(net, x, level, cfg.bf16, cfg.rate)
             opt.zero_grad(set_to_none=True)
             res["loss"].backward()
             # One all-reduce gives the log the mean over all crops and every process the same
             # skip decision (a NaN on one rank reaches all of them through the gradients).
             stats = ctx.mean(torch.stack([res[k].detach() for k in ("loss", "bpp", "psnr")]))
-            if not torch.isfinite(stats[0]):
-                say(f"step {step}: non-finite loss, batch skipped")
-                continue
-            torch.nn.utils.clip_grad_norm_(main_params + gain_params, cfg.clip)
+            norm = torch.nn.utils.clip_grad_norm_(main_params, cfg.clip)
+            bad = (~torch.isfinite(norm) | ~torch.isfinite(stats[0])).float()
+            opt.found_inf = bad
             opt.step()
             aux_opt.zero_grad(set_to_none=True)
             aux = model.aux_loss()
@@ -417,18 +459,26 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
                 ctx.mean(p.grad)
             aux_opt.step()
             with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(pm, 1 - cfg.ema)
-                for (n, be), bm in zip(ema.named_buffers(), model.buffers()):
-                    if be.shape == bm.shape:
-                        be.copy_(bm)
+                torch._foreach_lerp_(ema_params, model_params, 1 - cfg.ema)
+                sums += torch.cat([torch.nan_to_num(stats) * (1 - bad), bad[None]])
             step += 1
-            for k, v in zip(("loss", "bpp", "psnr"), stats.tolist()):
-                avg[k] = 0.98 * avg.get(k, v) + 0.02 * v
+            since += 1
             bar.update(1)
+            if step % cfg.log_every and time.time() - last_ck <= cfg.checkpoint_minutes * 60:
+                continue
+            *total, skipped = sums.tolist()       # the one host sync of these steps
+            if skipped:
+                say(f"step {step}: {skipped:.0f} of the last {since} batches skipped "
+                    "(non-finite loss or gradients)")
+            if since > skipped:
+                for k, v in zip(("loss", "bpp", "psnr"), total):
+                    v /= since - skipped
+                    avg[k] = v if k not in avg else 0.7 * avg[k] + 0.3 * v
+            sums.zero_()
+            since = 0
             if not lead:
                 continue
-            if step % 50 == 0:
+            if avg:
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",
                                 psnr=f"{avg['psnr']:.2f}", lr=f"{lr:.1e}")
                 if log_w:
@@ -453,6 +503,61 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
         # every process returns only once the checkpoint is on disk
         dist.barrier(device_ids=[dev.index] if dev.type == "cuda" else None)
     return out
+
+
+def param_groups(model: torch.nn.Module, cfg: TrainConfig
+                 ) -> tuple[list[dict], list[torch.nn.Parameter]]:
+    """Adam's groups: the transforms (g_a, g_s, h_a, h_s) at ``transform_lr_mult`` of the
+    learning rate, the rate gains at ``gain_lr_mult``, the rest (context, entropy models'
+    own parameters) at 1; and the quantiles, which the aux optimizer trains."""
+    transforms, gains, rest, aux = [], [], [], []
+    for n, p in model.named_parameters():
+        if n.endswith(".quantiles"):
+            aux.append(p)
+        elif "log_gain" in n:
+            gains.append(p)
+        elif n.split(".", 1)[0] in ("g_a", "g_s", "h_a", "h_s"):
+            transforms.append(p)
+        else:
+            rest.append(p)
+    groups = [{"params": transforms, "lr_mult": cfg.transform_lr_mult, "name": "transforms"},
+              {"params": gains, "lr_mult": cfg.gain_lr_mult, "name": "gains"},
+              {"params": rest, "lr_mult": 1.0, "name": "rest"}]
+    return [g for g in groups if g["params"]], aux
+
+
+def _load_opt(opt: torch.optim.Optimizer, state: dict, model: torch.nn.Module) -> None:
+    """A checkpoint's optimizer state, into this run's groups. Checkpoints of the loop before
+    the transforms had a group of their own hold two groups (every other parameter in the
+    model's order, then the gains): their moments are mapped by name. The lr multipliers and
+    the fused kernel are this run's."""
+    saved = state["param_groups"]
+    if len(saved) != len(opt.param_groups):
+        names = [n for n, _ in model.named_parameters() if not n.endswith(".quantiles")]
+        old = [n for n in names if "log_gain" not in n] + [n for n in names if "log_gain" in n]
+        ids = [i for g in saved for i in g["params"]]
+        if len(ids) != len(old):
+            raise ValueError("the checkpoint's optimizer holds other parameters")
+        by_name = dict(zip(old, ids))
+        where = {id(p): n for n, p in model.named_parameters()}
+        state = {"state": state["state"], "param_groups": [
+            dict(saved[0], params=[by_name[where[id(p)]] for p in g["params"]])
+            for g in opt.param_groups]}
+    mults = [(g["lr_mult"], g.get("name")) for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for g, (m, name) in zip(opt.param_groups, mults):
+        g.update(lr_mult=m, name=name, fused=True, foreach=None)
+        for p in g["params"]:   # the moments in the parameter's memory format
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    opt.state[p][k] = torch.empty_like(p).copy_(v)
+
+
+def _copy_buffers(ema: torch.nn.Module, model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for be, bm in zip(ema.buffers(), model.buffers()):
+            if be.shape == bm.shape:
+                be.copy_(bm)
 
 
 def _data_seed(seed: int, rank: int) -> int:
@@ -496,12 +601,13 @@ def model_like(init_from: str | None, state: dict | None = None) -> VariableRate
                                   kernel=w.shape[-1])
 
 
-def sample_levels(n: int, levels: int, end_weight: float) -> torch.Tensor:
+def sample_levels(n: int, levels: int, end_weight: float,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Uniform over the continuous level range, plus ``end_weight`` levels' worth of mass on
     each end: uniform sampling alone trains the end levels half as often as the inner ones
     (they have a neighbour on one side only), and the ends are where the rate range is won."""
     lo, hi = -end_weight, levels - 1 + end_weight
-    return (torch.rand(n) * (hi - lo) + lo).clamp(0, levels - 1)
+    return (torch.rand(n, device=device) * (hi - lo) + lo).clamp(0, levels - 1)
 
 
 class Prior(NamedTuple):
@@ -534,7 +640,8 @@ def prior_training(init_from: str | None) -> Prior:
 
 
 def save_snapshot(out: Path, ema, step: int, elapsed: float, prior: Prior = Prior()) -> Path:
-    """EMA weights only, named by step, for the learning curve (export_checkpoint reads them)."""
+    """EMA weights only, named by step, for the learning curve (export_checkpoint reads them).
+    The loop keeps the EMA's buffers equal to the model's (they do not train)."""
     path = out.with_name(f"{out.stem}-ema-{step:07d}.pt")
     tmp = path.with_suffix(".tmp")
     torch.save({"ema": _cpu(ema.state_dict()), "step": step, "elapsed": elapsed,
@@ -547,6 +654,7 @@ def save_checkpoint(out: Path, model, ema, opt, aux_opt, step: int, elapsed: flo
                     cfg: TrainConfig, prior: Prior = Prior()) -> None:
     """Written to a temp file and renamed, so an interrupted save never corrupts the last one.
     Tensors are saved from the CPU, so a checkpoint from a GPU run loads anywhere."""
+    _copy_buffers(ema, model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     torch.save(_cpu({"model": model.state_dict(), "ema": ema.state_dict(),

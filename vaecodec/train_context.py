@@ -117,14 +117,15 @@ def context_bits(ctx: CheckerboardContext, p: Prior, noise: bool) -> tuple[Tenso
     return bits_a, bits_n
 
 
-def grouped_bits(ctx: GroupedCheckerboardContext, p: Prior, noise: bool) -> Tensor:
+def grouped_bits(ctx: GroupedCheckerboardContext, p: Prior, noise: bool,
+                 per_group: bool = False) -> Tensor:
     """Bits per image of the whole y, coded group by group, anchors then non-anchors, each
-    pass seeing what the decoder will have decoded before it."""
+    pass seeing what the decoder will have decoded before it (``per_group``: [groups, B])."""
     from ._compressai import LowerBound
 
     bound = LowerBound(SCALE_BOUND)
     mask = anchor_mask(*p.y_g.shape[-2:], device=p.y_g.device)
-    bits, decoded = 0, []
+    bits, decoded, groups = 0, [], []
 
     def cost(r: Tensor, sigma: Tensor, where: Tensor) -> Tensor:
         v = r + torch.empty_like(r).uniform_(-0.5, 0.5) if noise else torch.round(r)
@@ -143,7 +144,8 @@ def grouped_bits(ctx: GroupedCheckerboardContext, p: Prior, noise: bool) -> Tens
         bits = bits + cost(y - mu_n, sn * gy, 1 - mask)
         mu = torch.where(mask.bool(), mu_a, mu_n)
         decoded.append(((torch.round(y - mu) + mu) * step).detach())
-    return bits
+        groups.append(bits - sum(groups))
+    return torch.stack(groups) if per_group else bits
 
 
 def y_bits(ctx, p: Prior, noise: bool) -> Tensor:

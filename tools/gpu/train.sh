@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # One training command on a lent GPU machine (see tools/gpu/README.md). From the repo root:
-#   MINUTES=7 bash tools/gpu/train.sh        (device tool: carry [".gpu/train", ".gpu/whl"])
+#   MINUTES=8 bash tools/gpu/train.sh     (device tool: carry [".gpu/train", ".gpu/train_hq", ".gpu/whl"])
 # Starts from the shipped weights (or INIT), trains MINUTES with the usual warmup and final
-# decay, and leaves in $OUT the EMA weights in half precision (a full checkpoint is ~4x the
-# 16 MiB a returned file may have) and the loss log.
+# decay on both photo sets (held-out photos are not packed), and leaves in $OUT the EMA
+# weights in half precision (a full checkpoint is ~4x the 16 MiB a returned file may have)
+# and the loss log.
 set -eo pipefail
 . tools/gpu/setup.sh
-: "${OUT:=/tmp/out}" "${MINUTES:=7}" "${BATCH:=16}" "${CROP:=256}" "${LR:=2e-4}" "${DEVICE:=cuda}"
+: "${OUT:=/tmp/out}" "${MINUTES:=8}" "${BATCH:=16}" "${CROP:=192}" "${LR:=1e-4}" \
+  "${RATE:=ste}" "${TLR:=1.0}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
 mkdir -p "$OUT" /tmp/ck
-python3 -m vaecodec train .gpu/train --out /tmp/ck/gpu.pt --device "$DEVICE" \
+DATA=(.gpu/train)
+[ -d .gpu/train_hq ] && DATA+=(.gpu/train_hq)
+python3 -m vaecodec train "${DATA[@]}" --out /tmp/ck/gpu.pt --device "$DEVICE" \
     --init-from "${INIT:-models/vaecodec-groups-vr.safetensors}" --minutes "$MINUTES" \
     ${STEPS:+--steps $STEPS} --batch-size "$BATCH" --crop "$CROP" --lr "$LR" \
+    --rate "$RATE" --transform-lr "$TLR" --log-every "$LOG_EVERY" \
     --decay-frac 0.2 --log "$OUT/gpu-train.csv"
 python3 tools/gpu/shrink.py /tmp/ck/gpu.pt "$OUT/gpu-ema-fp16.pt"
