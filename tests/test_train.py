@@ -153,9 +153,10 @@ def test_crops_are_drawn_by_area_and_leave_the_held_out_photos_out(tmp_path):
 
 
 def test_straight_through_rate_is_what_rounding_pays():
-    """``rate="ste"``: y's likelihoods are those of the rounded symbols (the bits the coder's
-    float model prices, ``train_context.grouped_bits`` with rounding), while the noise term
-    is not; and its gradient reaches the analysis transform."""
+    """``rate="ste"`` and ``"mixed"``: y's likelihoods are those of the rounded symbols (the
+    bits the coder's float model prices, ``train_context.grouped_bits`` with rounding), while
+    the noise term's are not; and the gradient reaches the analysis transform and the
+    context."""
     import numpy as np
 
     from vaecodec import weights
@@ -170,17 +171,22 @@ def test_straight_through_rate_is_what_rounding_pays():
     level = torch.tensor([3.0])
     with torch.no_grad():
         ste_bits = float(-torch.log2(model(x, level, rate="ste")["likelihoods"]["y"]).sum())
+        mixed = float(-torch.log2(model(x, level, rate="mixed")["likelihoods"]["y"]).sum())
     with torch.no_grad():
         p = prior(model, model.g_a(x), level)
         rounded = float(grouped_bits(model.context, p, noise=False).sum())
     assert ste_bits == pytest.approx(rounded, rel=1e-4)
+    assert mixed == pytest.approx(rounded, rel=1e-4)
     with torch.no_grad():
         noise_bits = float(-torch.log2(model(x, level)["likelihoods"]["y"]).sum())
     assert noise_bits > 1.05 * rounded      # noise overprices the small-scale symbols
     model.requires_grad_(True)
-    loss = -torch.log2(model(x, level, rate="ste")["likelihoods"]["y"]).sum()
-    loss.backward()
-    assert model.g_a[0].weight.grad.abs().sum() > 0
+    for rate in ("ste", "mixed"):
+        model.zero_grad()
+        loss = -torch.log2(model(x, level, rate=rate)["likelihoods"]["y"]).sum()
+        loss.backward()
+        assert model.g_a[0].weight.grad.abs().sum() > 0
+        assert model.context.ep_n[0][0].weight.grad.abs().sum() > 0
 
 
 def test_a_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, monkeypatch):

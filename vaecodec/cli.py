@@ -429,9 +429,10 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
               "gains and entropy models take the full rate).")
 @click.option("--ema", type=float, default=0.999, show_default=True,
               help="Decay of the weights' moving average (what is exported).")
-@click.option("--rate", type=click.Choice(["noise", "ste"]), default="noise",
-              show_default=True, help="y's rate term: uniform noise, or the rounded symbols "
-              "(straight-through), which is what the coder pays.")
+@click.option("--rate", type=click.Choice(["noise", "ste", "mixed"]), default="noise",
+              show_default=True, help="y's rate term: uniform noise; the rounded symbols "
+              "(what the coder pays), straight-through; or mixed: the rounded symbols' "
+              "value and gradient for the entropy parameters, noise's gradient for y.")
 @click.option("--hold-out/--no-hold-out", default=True, show_default=True,
               help="Leave out the held-out 1/16 of the photos (chosen by file name), to "
               "judge the run on.")

@@ -167,7 +167,8 @@ class VariableRateHyperprior(nn.Module):
                 rate: str = "noise") -> dict[str, Any]:
         """Training pass: straight-through rounding ``round(y - mu) + mu`` into the synthesis
         (no train/test mismatch for g_s); y's rate term from uniform noise or, with
-        ``rate="ste"``, from the rounded symbols the coder will pay for."""
+        ``rate="ste"`` or ``"mixed"``, from the rounded symbols the coder will pay for
+        (``_y_likelihoods`` says how each passes gradients)."""
         y, scales, means, z_likelihoods, (gy, gy_inv) = self._train_prior(x, level, autocast)
         y_g, scales_g, means_g = y * gy, scales * gy, means * gy
         y_hat_g = y_g + (torch.round(y_g - means_g) + means_g - y_g).detach()
@@ -198,12 +199,23 @@ class VariableRateHyperprior(nn.Module):
         that rounds to 0 costs almost nothing, the same plus noise up to 1/2 costs a lot).
         "ste": the likelihood of the rounded symbol, its gradient passed straight through."""
         gc = self.gaussian_conditional
+
+        def bound(lik: Tensor) -> Tensor:
+            return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
+
         if rate == "noise":
             return gc(y_g, scales_g, means=means_g)[1]
-        if rate != "ste":
-            raise ValueError(f"rate term {rate!r}: 'noise' or 'ste'")
-        lik = gc._likelihood(y_hat_g, scales_g, means_g)
-        return gc.likelihood_lower_bound(lik) if gc.use_likelihood_bound else lik
+        if rate == "ste":
+            return bound(gc._likelihood(y_hat_g, scales_g, means_g))
+        if rate != "mixed":
+            raise ValueError(f"rate term {rate!r}: 'noise', 'ste' or 'mixed'")
+        # "mixed": the value is the rounded symbols' likelihood, and so is the gradient
+        # that reaches the entropy parameters (they learn the distribution they will code);
+        # y's own gradient is the noise relaxation's (smooth, where rounding's is not).
+        rounded = bound(gc._likelihood(y_hat_g.detach(), scales_g, means_g))
+        noisy = bound(gc._likelihood(gc.quantize(y_g, "noise"), scales_g.detach(),
+                                     means_g.detach()))
+        return rounded * (noisy / noisy.detach())
 
     def aux_loss(self) -> Tensor:
         return self.entropy_bottleneck.loss()

@@ -67,7 +67,7 @@ class TrainConfig:
     snapshot_minutes: float = 0.0  # >0: also keep the EMA weights every N minutes (learning curve)
     gain_lr_mult: float = 3.0      # the rate gains move slowly at the transforms' lr
     transform_lr_mult: float = 1.0 # g_a, g_s, h_a, h_s against the context and entropy models
-    rate: str = "noise"            # y's rate term: "noise" (uniform noise) or "ste" (rounded)
+    rate: str = "noise"            # y's rate term: "noise", "ste" or "mixed" (model.py)
     hold_out: bool = True          # leave out the held-out photos (``held_out``) to judge on
     log_every: int = 50            # steps between host syncs (log, progress bar)
     channels_last: bool = True     # the transforms' activations in NHWC (faster convs)

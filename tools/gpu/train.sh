@@ -16,5 +16,6 @@ python3 -m vaecodec train "${DATA[@]}" --out /tmp/ck/gpu.pt --device "$DEVICE" \
     --init-from "${INIT:-models/vaecodec-groups-vr.safetensors}" --minutes "$MINUTES" \
     ${STEPS:+--steps $STEPS} --batch-size "$BATCH" --crop "$CROP" --lr "$LR" \
     --rate "$RATE" --transform-lr "$TLR" --log-every "$LOG_EVERY" \
+    --no-hold-out `# pack.py left the held-out photos out (by their PNG names)` \
     --decay-frac 0.2 --log "$OUT/gpu-train.csv"
 python3 tools/gpu/shrink.py /tmp/ck/gpu.pt "$OUT/gpu-ema-fp16.pt"
