@@ -482,7 +482,7 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
                 bar.set_postfix(loss=f"{avg['loss']:.3f}", bpp=f"{avg['bpp']:.3f}",
                                 psnr=f"{avg['psnr']:.2f}", lr=f"{lr:.1e}")
                 if log_w:
-                    log_w.writerow([step, f"{elapsed:.0f}", f"{lr:.2e}", f"{avg['loss']:.4f}",
+                    log_w.writerow([step, f"{elapsed:.1f}", f"{lr:.2e}", f"{avg['loss']:.4f}",
                                     f"{avg['bpp']:.4f}", f"{avg['psnr']:.3f}",
                                     f"{float(aux.detach()):.2f}"])
                     log_f.flush()
