@@ -89,12 +89,15 @@ def test_train_turns_bf16_off_where_it_would_be_emulated(tmp_path, monkeypatch):
 def test_export_records_the_total_training(tmp_path):
     """Weights trained in segments record every segment: an export adds the steps and hours
     of the weights a run started from (their metadata, or a checkpoint's counters) to the
-    run's own, through --init-from and --resume alike."""
+    run's own, through --init-from and --resume alike, and keep what the starting weights
+    say of their making (the context's own fit, and which file the run started from)."""
     from vaecodec import weights
     from vaecodec.model import VariableRateHyperprior
 
     init = tmp_path / "init.safetensors"
-    weights.export(VariableRateHyperprior(), init, "init", {"steps": "10", "train_hours": "0.50"})
+    weights.export(VariableRateHyperprior(), init, "init",
+                   {"steps": "10", "train_hours": "0.50", "context_steps": "7"})
+    lineage = {"context_steps": "7", "init_from": weights.file_hash(init).hex()}
     data = tmp_path / "data"
     data.mkdir()
     natural_image(80, 72).save(data / "img.png")
@@ -118,11 +121,14 @@ def test_export_records_the_total_training(tmp_path):
     meta = exported(ck)
     assert meta["steps"] == "12"
     assert 0.50 <= float(meta["train_hours"]) < 0.6
+    assert lineage.items() <= meta.items()
     train(ck, "--steps", "3", "--resume", str(ck))
-    assert exported(ck)["steps"] == "13"
+    meta = exported(ck)
+    assert meta["steps"] == "13" and lineage.items() <= meta.items()
     b = tmp_path / "b.pt"                                   # from a checkpoint, not weights
     train(b, "--steps", "1", "--init-from", str(ck))
-    assert exported(b)["steps"] == "14"
+    meta = exported(b)
+    assert meta["steps"] == "14" and lineage.items() <= meta.items()
 
 
 def test_crops_are_drawn_by_area_and_leave_the_held_out_photos_out(tmp_path):

@@ -379,7 +379,7 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         step, elapsed = ck["step"], ck["elapsed"]
-        prior = Prior(int(ck.get("prior_steps", 0)), float(ck.get("prior_hours", 0.0)))
+        prior = Prior.of_checkpoint(ck)
         rng.seed(_data_seed(cfg.seed, ctx.rank) + step)
         say(f"resumed {resume} at step {step} ({elapsed / 3600:.2f} h)")
     else:
@@ -610,13 +610,34 @@ def sample_levels(n: int, levels: int, end_weight: float,
     return (torch.rand(n, device=device) * (hi - lo) + lo).clamp(0, levels - 1)
 
 
+#: Metadata a weights file passes on to weights trained from it: the context's own fit, which
+#: the run's ``steps`` and ``train_hours`` (the transforms' training) do not count.
+LINEAGE_KEYS = ("context_steps", "context_hours", "transforms_from")
+
+
 class Prior(NamedTuple):
-    """Training the starting weights had before this run (steps, hours). A checkpoint's own
-    ``step`` and ``elapsed`` stay this run's (the schedule runs on them); an export adds the
-    two, so weights trained in segments (``--init-from``, ``--resume``) record the totals."""
+    """Training the starting weights had before this run (steps, hours), and what else they
+    record of their making (``lineage``: LINEAGE_KEYS, and ``init_from``, the hash of the
+    weights file a run started from). A checkpoint's own ``step`` and ``elapsed`` stay this
+    run's (the schedule runs on them); an export adds the two, so weights trained in segments
+    (``--init-from``, ``--resume``) record the totals, and keeps the lineage."""
 
     steps: int = 0
     hours: float = 0.0
+    lineage: dict = {}
+
+    def saved(self) -> dict:
+        return {"prior_steps": self.steps, "prior_hours": self.hours,
+                "prior_lineage": dict(self.lineage)}
+
+    @classmethod
+    def of_checkpoint(cls, ck: dict, this_run: bool = False) -> "Prior":
+        """The prior a checkpoint recorded; with ``this_run``, plus its own steps and time
+        (a run that starts from it)."""
+        steps, hours = int(ck.get("prior_steps", 0)), float(ck.get("prior_hours", 0.0))
+        if this_run:
+            steps, hours = steps + int(ck["step"]), hours + float(ck.get("elapsed", 0.0)) / 3600
+        return cls(steps, hours, dict(ck.get("prior_lineage", {})))
 
 
 def prior_training(init_from: str | None) -> Prior:
@@ -627,16 +648,19 @@ def prior_training(init_from: str | None) -> Prior:
     if init_from.endswith(".safetensors"):
         from .weights import read_metadata
 
+        from .weights import file_hash
+
         meta = read_metadata(init_from)
+        lineage = {k: meta[k] for k in LINEAGE_KEYS if k in meta}
+        lineage["init_from"] = file_hash(init_from).hex()
         try:
-            return Prior(int(meta.get("steps", 0)), float(meta.get("train_hours", 0.0)))
+            return Prior(int(meta.get("steps", 0)), float(meta.get("train_hours", 0.0)), lineage)
         except ValueError:
-            return Prior()
+            return Prior(lineage=lineage)
     ck = torch.load(init_from, map_location="cpu", weights_only=True)
     if not (isinstance(ck, dict) and "step" in ck):
         return Prior()
-    return Prior(int(ck.get("prior_steps", 0)) + int(ck["step"]),
-                 float(ck.get("prior_hours", 0.0)) + float(ck.get("elapsed", 0.0)) / 3600)
+    return Prior.of_checkpoint(ck, this_run=True)
 
 
 def save_snapshot(out: Path, ema, step: int, elapsed: float, prior: Prior = Prior()) -> Path:
@@ -645,7 +669,7 @@ def save_snapshot(out: Path, ema, step: int, elapsed: float, prior: Prior = Prio
     path = out.with_name(f"{out.stem}-ema-{step:07d}.pt")
     tmp = path.with_suffix(".tmp")
     torch.save({"ema": _cpu(ema.state_dict()), "step": step, "elapsed": elapsed,
-                "prior_steps": prior.steps, "prior_hours": prior.hours}, tmp)
+                **prior.saved()}, tmp)
     os.replace(tmp, path)
     return path
 
@@ -659,7 +683,7 @@ def save_checkpoint(out: Path, model, ema, opt, aux_opt, step: int, elapsed: flo
     tmp = out.with_suffix(out.suffix + ".tmp")
     torch.save(_cpu({"model": model.state_dict(), "ema": ema.state_dict(),
                      "opt": opt.state_dict(), "aux_opt": aux_opt.state_dict(), "step": step,
-                     "elapsed": elapsed, "prior_steps": prior.steps, "prior_hours": prior.hours,
+                     "elapsed": elapsed, **prior.saved(),
                      "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}}), tmp)
     os.replace(tmp, out)
 
@@ -677,7 +701,8 @@ def _cpu(obj):
 def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
                       use_ema: bool = True) -> bytes:
     """Checkpoint -> shipped safetensors file (EMA weights by default). Returns its hash.
-    Its ``steps`` and ``train_hours`` are the totals: the starting weights' and this run's."""
+    Its ``steps`` and ``train_hours`` are the totals: the starting weights' and this run's;
+    the starting weights' lineage (``Prior``) is kept."""
     from . import weights
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -687,6 +712,7 @@ def export_checkpoint(ckpt: str, out: str, model_id: str | None = None,
     model.eval()
     model_id = model_id or MODEL_IDS[model.LATENT_CODEC]
     hours = float(ck.get("prior_hours", 0.0)) + ck.get("elapsed", 0) / 3600
-    extra = {"steps": str(int(ck.get("prior_steps", 0)) + ck.get("step", 0)),
+    extra = {**{k: str(v) for k, v in ck.get("prior_lineage", {}).items()},
+             "steps": str(int(ck.get("prior_steps", 0)) + ck.get("step", 0)),
              "train_hours": f"{hours:.2f}"}
     return weights.export(model, out, model_id, extra)
