@@ -204,7 +204,7 @@ def test_a_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, mo
 
     def nan_loss(*a, **k):
         r = real(*a, **k)
-        return dict(r, loss=r["loss"] * float("nan"))
+        return dict(r, loss=r["loss"] * float("nan"), objective=r["objective"] * float("nan"))
 
     monkeypatch.setattr(train_mod, "rd_loss", nan_loss)
     data = tmp_path / "data"
@@ -221,3 +221,30 @@ def test_a_non_finite_batch_is_skipped_without_touching_the_weights(tmp_path, mo
     fresh = train_mod.model_like(None).state_dict()
     for k in ("g_a.0.weight", "g_s.0.weight", "y_log_gain"):
         assert torch.equal(state[k], fresh[k]), k
+
+
+
+def test_cost_power_weighs_each_crop_by_its_own_cost():
+    """--cost-power p: the objective's gradient is each crop's cost gradient over cost^p; at
+    1 that is log cost's, so the cheap low-rate crops count as much as the costly high ones,
+    while the logged loss stays the plain mean."""
+    from vaecodec.model import VariableRateHyperprior
+    from vaecodec.train import rd_loss
+
+    torch.manual_seed(0)
+    model = VariableRateHyperprior(N=8, M=8).eval()     # eval: rounding, no noise draws
+    x, level = torch.rand(2, 3, 64, 64), torch.tensor([0.0, 9.0])
+
+    def run(i, p):
+        model.zero_grad()
+        res = rd_loss(model, x[i], level[i], False, cost_power=p)
+        res["objective"].backward()
+        return res["loss"], model.g_s[-1].weight.grad.clone()
+
+    both = slice(0, 2)
+    (loss0, g0), (loss1, g1) = run(both, 0.0), run(both, 1.0)
+    (c_a, g_a), (c_b, g_b) = run(slice(0, 1), 0.0), run(slice(1, 2), 0.0)
+    assert torch.allclose(loss0, loss1) and torch.allclose(loss0, (c_a + c_b) / 2)
+    assert c_b > 5 * c_a                                # the top level's cost dwarfs the bottom's
+    assert torch.allclose(g0, (g_a + g_b) / 2, rtol=1e-4, atol=1e-8)
+    assert torch.allclose(g1, (g_a / c_a + g_b / c_b) / 2, rtol=1e-4, atol=1e-8)

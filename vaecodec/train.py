@@ -68,6 +68,7 @@ class TrainConfig:
     gain_lr_mult: float = 3.0      # the rate gains move slowly at the transforms' lr
     transform_lr_mult: float = 1.0 # g_a, g_s, h_a, h_s against the context and entropy models
     rate: str = "noise"            # y's rate term: "noise", "ste" or "mixed" (model.py)
+    cost_power: float = 0.0        # each crop's cost / cost^p (rd_loss): 1 weighs rates alike
     hold_out: bool = True          # leave out the held-out photos (``held_out``) to judge on
     log_every: int = 50            # steps between host syncs (log, progress bar)
     channels_last: bool = True     # the transforms' activations in NHWC (faster convs)
@@ -152,19 +153,27 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
-            bf16: bool, rate: str = "noise") -> dict[str, torch.Tensor]:
+            bf16: bool, rate: str = "noise", cost_power: float = 0.0) -> dict[str, torch.Tensor]:
     """lambda * 255^2 * MSE + bpp, each crop at its own lambda. ``model`` may be the
     DistributedDataParallel wrapper: the forward must go through it (that is what averages
-    the gradients), the lambdas come from the model inside."""
+    the gradients), the lambdas come from the model inside.
+
+    The cost at the top level is 15x the bottom's, so in a plain mean the high rates set the
+    gradient. ``cost_power`` p divides each crop's cost by its own (detached) value to the
+    power p: 0 the plain mean, 1 the gradient of log cost (every crop's relative gain worth
+    the same), between them a balance. "loss" stays the plain mean (what the log shows);
+    "objective" is what is minimised."""
     out = model(x, level, autocast=bf16, rate=rate)
     n_px = x.size(2) * x.size(3)
     bits = sum(torch.log(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
     bpp = bits / (-math.log(2) * n_px)
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     lam = getattr(model, "module", model).lambda_at(level)
-    loss = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse, bpp).mean()
+    cost = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse, bpp)
+    objective = (cost / cost.detach().clamp_min(1e-6) ** cost_power).mean() if cost_power \
+        else cost.mean()
     psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
-    return {"loss": loss, "bpp": bpp.detach().mean(), "mse": mse.detach().mean(),
+    return {"loss": cost.detach().mean(), "objective": objective, "bpp": bpp.detach().mean(), "mse": mse.detach().mean(),
             "psnr": psnr.mean()}
 
 
@@ -442,9 +451,9 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             level = sample_levels(cfg.batch_size, model.levels, cfg.end_weight, dev)
-            res = rd_loss(net, x, level, cfg.bf16, cfg.rate)
+            res = rd_loss(net, x, level, cfg.bf16, cfg.rate, cfg.cost_power)
             opt.zero_grad(set_to_none=True)
-            res["loss"].backward()
+            res["objective"].backward()
             # One all-reduce gives the log the mean over all crops and every process the same
             # skip decision (a NaN on one rank reaches all of them through the gradients).
             stats = ctx.mean(torch.stack([res[k].detach() for k in ("loss", "bpp", "psnr")]))
