@@ -457,8 +457,7 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 def train(data_dirs: tuple[str, ...], out: str, resume: str | None, init_from: str | None,
           steps: int, minutes: float, batch_size: int, crop: int, lr: float,
           decay_frac: float, transform_lr: float, ema: float, rate: str, cost_power: float,
-          hold_out: bool,
-          bf16: bool, log_every: int, threads: int, device: str, snapshot_minutes: float,
+          hold_out: bool, bf16: bool, log_every: int, threads: int, device: str, snapshot_minutes: float,
           log: str | None) -> None:
     """Train (or continue training) the model on random crops of the images in the DATA_DIRs
     (each pixel equally likely, so a large photo gives more crops than a small one).
@@ -474,8 +473,7 @@ def train(data_dirs: tuple[str, ...], out: str, resume: str | None, init_from: s
     cfg = TrainConfig(data=os.pathsep.join(data_dirs), out=out, steps=steps, minutes=minutes,
                       batch_size=batch_size, crop=crop, lr=lr, decay_frac=decay_frac,
                       transform_lr_mult=transform_lr, ema=ema, rate=rate, cost_power=cost_power,
-                      hold_out=hold_out,
-                      bf16=bf16, log_every=max(log_every, 1), threads=threads, device=device,
+                      hold_out=hold_out, bf16=bf16, log_every=max(log_every, 1), threads=threads, device=device,
                       init_from=init_from, snapshot_minutes=snapshot_minutes, log=log)
     try:
         run(cfg, resume=resume)

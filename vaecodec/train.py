@@ -170,11 +170,10 @@ def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     lam = getattr(model, "module", model).lambda_at(level)
     cost = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse, bpp)
-    objective = (cost / cost.detach().clamp_min(1e-6) ** cost_power).mean() if cost_power \
-        else cost.mean()
+    objective = (cost / cost.detach().clamp_min(1e-6) ** cost_power).mean()  # p = 0: cost
     psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
-    return {"loss": cost.detach().mean(), "objective": objective, "bpp": bpp.detach().mean(), "mse": mse.detach().mean(),
-            "psnr": psnr.mean()}
+    return {"loss": cost.detach().mean(), "objective": objective, "bpp": bpp.detach().mean(),
+            "mse": mse.detach().mean(), "psnr": psnr.mean()}
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -655,9 +654,7 @@ def prior_training(init_from: str | None) -> Prior:
     if not init_from:
         return Prior()
     if init_from.endswith(".safetensors"):
-        from .weights import read_metadata
-
-        from .weights import file_hash
+        from .weights import file_hash, read_metadata
 
         meta = read_metadata(init_from)
         lineage = {k: meta[k] for k in LINEAGE_KEYS if k in meta}
