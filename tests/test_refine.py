@@ -22,8 +22,9 @@ def _searched_cost(im, quality, iterations, model=None):
     lam = loaded.model.lambda_for(level)
     plain, y_plain = codec.code_at(a, quality, loaded)
     x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
-    y = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
-    searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True, False)
+    y, z = refine.refine(loaded.model, a.y, a.z, x, level, iterations)
+    searched, y_s = codec._code_latent(a, y, plain.header.quality, level, loaded, True, False,
+                                       z=z)
     return (codec._rd_cost(a, plain, y_plain, loaded, lam),
             codec._rd_cost(a, searched, y_s, loaded, lam), y, a)
 
@@ -64,7 +65,7 @@ def test_search_never_keeps_a_worse_result(monkeypatch):
     im = natural_image(128, 96)
 
     def harmful(model, y, z, x, level, iterations, **kw):
-        return y + 3.0
+        return y + 3.0, z
 
     monkeypatch.setattr(refine, "refine", harmful)
     assert vaecodec.encode(im, 40, effort=1) == vaecodec.encode(im, 40)
@@ -90,6 +91,28 @@ def test_tiled_search_covers_every_tile_and_lowers_the_cost(monkeypatch, kodim, 
         for s in range(0, 8, 4):
             assert moved[t:t + 4, s:s + 4].max() > 0
     assert searched < plain, (plain, searched)
+
+
+@pytest.mark.parametrize("anneal", [False, True], ids=["ste", "sga"])
+def test_z_search_moves_z_and_the_file_carries_it(monkeypatch, kodim, anneal):
+    """With search_z, z's symbols move, and the file codes the searched z with y's symbols
+    found under it: the decoder (symbols CRC checked) gives the encoder's own pixels. An
+    image of more than one search tile keeps the analysis's z."""
+    monkeypatch.setattr(refine, "LR_Z", 0.3)       # large enough that z surely moves
+    monkeypatch.setattr(refine, "Z_ANNEAL", anneal)
+    loaded = weights.load()
+    rgb = np.asarray(kodim(23).crop((256, 128, 384, 256)))
+    a = codec.analyze_pixels(rgb, loaded)
+    level = codec.quality_to_level(50, loaded.model.levels)
+    plain, _ = codec.code_at(a, 50, loaded)
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
+    y, z = refine.refine(loaded.model, a.y, a.z, x, level, 20, search_z=True)
+    coded, y_hat = codec._code_latent(a, y, plain.header.quality, level, loaded, True, False,
+                                      z=z)
+    assert coded.z_string != plain.z_string
+    assert np.array_equal(codec.decode_pixels(coded, loaded), codec.reconstruct(a, y_hat, loaded))
+    monkeypatch.setattr(refine, "TILE", 4)
+    assert refine.refine(loaded.model, a.y, a.z, x, level, 2, search_z=True)[1] is a.z
 
 
 def test_searched_file_decodes_identically_under_other_numerics(kodim, tmp_path):

@@ -437,6 +437,10 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
               help="Divide each crop's rate-distortion cost by itself to this power in the "
               "objective: 0 the plain mean (the high rates, whose cost is 15x larger, set "
               "the gradient), 1 every crop's relative gain alike (log cost).")
+@click.option("--cost-scale", type=click.Choice(["crop", "level"]), default="crop",
+              show_default=True, help="What --cost-power divides by: each crop's own cost, "
+              "or the running mean cost of the crop's level (the levels weigh alike, within "
+              "a level the plain mean).")
 @click.option("--hold-out/--no-hold-out", default=True, show_default=True,
               help="Leave out the held-out 1/16 of the photos (chosen by file name), to "
               "judge the run on.")
@@ -457,6 +461,7 @@ def bench(directory: str, codecs: str | None, qualities: str | None, out: str | 
 def train(data_dirs: tuple[str, ...], out: str, resume: str | None, init_from: str | None,
           steps: int, minutes: float, batch_size: int, crop: int, lr: float,
           decay_frac: float, transform_lr: float, ema: float, rate: str, cost_power: float,
+          cost_scale: str,
           hold_out: bool, bf16: bool, log_every: int, threads: int, device: str, snapshot_minutes: float,
           log: str | None) -> None:
     """Train (or continue training) the model on random crops of the images in the DATA_DIRs
@@ -473,6 +478,7 @@ def train(data_dirs: tuple[str, ...], out: str, resume: str | None, init_from: s
     cfg = TrainConfig(data=os.pathsep.join(data_dirs), out=out, steps=steps, minutes=minutes,
                       batch_size=batch_size, crop=crop, lr=lr, decay_frac=decay_frac,
                       transform_lr_mult=transform_lr, ema=ema, rate=rate, cost_power=cost_power,
+                      cost_scale=cost_scale,
                       hold_out=hold_out, bf16=bf16, log_every=max(log_every, 1), threads=threads, device=device,
                       init_from=init_from, snapshot_minutes=snapshot_minutes, log=log)
     try:

@@ -39,6 +39,8 @@ class Coded:
 #: 768 x 512 image on 2 CPU cores (bfloat16 g_s where the CPU has bfloat16 dot products).
 #: What each level gains, measured on held-out photos: benchmarks/effort/table.md.
 EFFORT_ITERATIONS: tuple[int, ...] = (0, 40, 80, 160, 320)
+#: Whether the search also moves z (refine.py: on images of one search tile).
+SEARCH_Z = True
 
 
 def quality_to_level(quality: float, levels: int) -> float:
@@ -161,8 +163,9 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
 
     x = torch.from_numpy(np.require(a.rgb, np.uint8, ["C", "W"])).to(a.y.device)
     x = x.permute(2, 0, 1)[None]
-    y = refine.refine(loaded.model, a.y, a.z, x, level, iterations, coding_tile=TILE_LATENTS)
-    searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer, rdoq=False)
+    y, z = refine.refine(loaded.model, a.y, a.z, x, level, iterations, coding_tile=TILE_LATENTS,
+                         search_z=SEARCH_Z)
+    searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer, rdoq=False, z=z)
     lam = loaded.model.lambda_for(level)
     cost = [_rd_cost(a, c, yh, loaded, lam) for c, yh in ((coded, y_hat), (searched, y_hat_s))]
     return (searched, y_hat_s) if cost[1] < cost[0] else (coded, y_hat)
@@ -170,20 +173,22 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
 
 def _code_latent(a: Analysis, y: Any, quality: float, level: float, loaded: LoadedModel,
                  integer: bool, rdoq: bool, want_y_hat: bool = True,
-                 tick: Callable[[], None] | None = None) -> tuple[Coded, Any]:
+                 tick: Callable[[], None] | None = None, z: Any = None) -> tuple[Coded, Any]:
     """The context models code y in the container's tiles (one tile: a version 2 file, the
-    same bytes as coding the whole image); the hyperprior writes version 1 as ever."""
+    same bytes as coding the whole image); the hyperprior writes version 1 as ever. ``z``:
+    the hyper-latent to code, if not the analysis's own (the encoder's search)."""
     import torch
 
+    z = a.z if z is None else z
     h, w = a.rgb.shape[:2]
     model = loaded.model
     version = version_for(model.LATENT_CODEC, w, h)
     with torch.inference_mode():
         if version == 1:
-            out = model.compress_latent(y, a.z, level, integer=integer, rdoq=rdoq)
+            out = model.compress_latent(y, z, level, integer=integer, rdoq=rdoq)
             y_string = out["strings"][0][0]
         else:
-            out = model.compress_tiles(y, a.z, level, TILE_LATENTS, integer=integer, rdoq=rdoq,
+            out = model.compress_tiles(y, z, level, TILE_LATENTS, integer=integer, rdoq=rdoq,
                                        y_hat=want_y_hat, tick=tick)
             tiles = out["strings"][0]
             y_string = tiles[0] if version == 2 else join_tiles(list(zip(out["tile_crcs"],

@@ -25,8 +25,14 @@ Bamler, Mandt, "Improving Inference for Neural Image Compression", NeurIPS 2020)
 symbol is a soft, randomly drawn mix of its two neighbouring integers, and the temperature
 falls so that the mix ends up as a hard choice.
 
-z, and with it the hyperprior's means and scales, stays as the analysis made it. The
-result is turned back into a latent whose nearest rounding under the *integer* networks
+z is searched too when the image is one search tile (``search_z``): its symbols are
+annealed the same way, priced by the entropy bottleneck, and go through the float
+hyper-synthesis into the means and scales of y's passes, so a z symbol is worth changing
+when what it saves or costs in y's bits and in the pixels outweighs its own bits. Larger
+images keep the analysis's z: a z symbol reaches over several y tiles, which are searched
+one at a time.
+
+The result is turned back into a latent whose nearest rounding under the *integer* networks
 gives the searched symbols, so the file is coded exactly as any other (CRC, every machine).
 The caller compares the result with the plain encode and keeps the better
 (``codec.code_at``).
@@ -43,6 +49,12 @@ from .model import Y_STRIDE, windows
 
 #: Adam step, in quantisation steps of the gained latent; the temperature's start and end.
 LR, TAU_START, TAU_END = 0.05, 0.5, 0.02
+#: Adam step of z's search (Adam moves every element by about its step, whatever its
+#: gradient's size: z's must be smaller than y's not to wander).
+LR_Z = 0.01
+#: z's symbols annealed like y's (True), or rounded with a straight-through gradient, so
+#: that y's passes always see the z the decoder will (benchmarks/search_z: what each gave).
+Z_ANNEAL = False
 #: Latents per side of a search tile (768 pixels: Kodak is one tile), and the context
 #: around it. g_s reaches under 2 latents (see model.HALO_SYNTHESIS), so a 4-latent halo
 #: lets the tile's border pixels be judged on (almost) the decoder's real output.
@@ -50,16 +62,18 @@ TILE, HALO = 48, 4
 
 
 def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int,
-           seed: int = 0, autocast: bool = True, coding_tile: int = 64) -> Tensor:
-    """A better ungained latent for image ``x`` (1 x 3 x H x W, uint8 or float in [0, 1],
-    unpadded; ``y`` covers its padded size) at rate ``level``, minimising the training objective
-    ``lambda * 255^2 * MSE + bpp`` at that level's lambda, with bits priced as the model's
-    latent codec codes them.
+           seed: int = 0, autocast: bool = True, coding_tile: int = 64,
+           search_z: bool = True) -> tuple[Tensor, Tensor]:
+    """A better (ungained latent, ungained z) for image ``x`` (1 x 3 x H x W, uint8 or float
+    in [0, 1], unpadded; ``y`` covers its padded size) at rate ``level``, minimising the
+    training objective ``lambda * 255^2 * MSE + bpp`` at that level's lambda, with bits
+    priced as the model's latent codec codes them.
 
     Runs tile by tile, each tile with its neighbours' current symbols as fixed context, so
     memory stays bounded on big images; an image of at most TILE x TILE latents is searched
-    whole. The same inputs and seed give the same result on one machine. bfloat16 autocast
-    for g_s only where it is fast (``fastpath.bf16_is_fast``). ``coding_tile``: the
+    whole, and only then is z searched as well (``search_z``; otherwise ``z`` comes back as
+    it was given). The same inputs and seed give the same result on one machine. bfloat16
+    autocast for g_s only where it is fast (``fastpath.bf16_is_fast``). ``coding_tile``: the
     container's y tile in latents (a tile's context sees that tile alone), so that the
     returned latent codes to exactly the searched symbols on big images too."""
     from .fastpath import bf16_is_fast
@@ -74,13 +88,47 @@ def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int
     lam = model.lambda_for(level)
     H, W = v.shape[-2:]
     gen = torch.Generator().manual_seed(seed)
+    hyper = _FloatHyper(model, z.to(dev), level) if search_z and H <= TILE and W <= TILE \
+        else None
     with torch.inference_mode(False), torch.enable_grad():
         for t0 in range(0, H, TILE):
             for s0 in range(0, W, TILE):
                 _search_tile(model, v, sh, mh, gy, gy_inv, x, lam, int(iterations), gen, autocast,
-                             (t0, min(H, t0 + TILE)), (s0, min(W, s0 + TILE)))
+                             (t0, min(H, t0 + TILE)), (s0, min(W, s0 + TILE)), hyper)
     with torch.no_grad():
-        return _latent_for(model, start, torch.round(v).cpu(), level)
+        if hyper is not None:
+            z = hyper.result().to(z.device, z.dtype)
+            start = _start(model, y, z, level, coding_tile)  # the integer networks' view of it
+        return _latent_for(model, start, torch.round(v).cpu(), level), z
+
+
+class _FloatHyper:
+    """z's side of the search: the gained z as the parameter (annealed around the entropy
+    bottleneck's medians, as the bottleneck rounds it), its bits, and the float
+    hyper-synthesis's ungained (scales, means) of y from it."""
+
+    def __init__(self, model, z: Tensor, level: float) -> None:
+        lv = torch.full((1,), float(level), device=z.device)
+        _, _, self.gz, self.gz_inv = (g.to(z.device) for g in model.gains(lv))
+        eb = model.entropy_bottleneck
+        self.eb, self.h_s = eb, model.h_s
+        self.medians = eb._get_medians().detach().reshape(1, -1, 1, 1).to(z.device)
+        self.w = (z.float() * self.gz - self.medians).detach().requires_grad_(True)
+
+    def __call__(self, soft_round) -> tuple[Tensor, Tensor, Tensor]:
+        """-> (z's bits, ungained scales, ungained means), with z's symbols drawn by
+        ``soft_round`` (the same annealing as y's)."""
+        zh = soft_round(self.w) + self.medians
+        c = zh.size(1)
+        lik, _, _ = self.eb._likelihood(zh.permute(1, 0, 2, 3).reshape(c, 1, -1))
+        lik = self.eb.likelihood_lower_bound(lik) if self.eb.use_likelihood_bound else lik
+        bits = -torch.log2(lik.clamp_min(1e-9)).sum()
+        scales, means = self.h_s(zh * self.gz_inv).chunk(2, 1)
+        return bits, scales, means
+
+    def result(self) -> Tensor:
+        """The searched symbols as an ungained z that ``code_z`` rounds back to them."""
+        return (torch.round(self.w.detach()) + self.medians) / self.gz
 
 
 def _start(model, y: Tensor, z: Tensor, level: float, coding_tile: int) -> dict[str, Tensor]:
@@ -172,6 +220,10 @@ def _decode_soft(model, q: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: T
     return torch.cat(scales, 1), torch.cat(decoded, 1)
 
 
+def _round_ste(u: Tensor) -> Tensor:
+    return u + (torch.round(u) - u).detach()
+
+
 def _table_scale(gc, sigma: Tensor) -> Tensor:
     """The coder's scale for ``sigma``: the smallest table entry at or above it (CompressAI's
     ``build_indexes``), with sigma's own gradient (straight through)."""
@@ -182,10 +234,12 @@ def _table_scale(gc, sigma: Tensor) -> Tensor:
 
 def _search_tile(model, v: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: Tensor,
                  x: Tensor, lam: float, n: int, gen: torch.Generator, autocast: bool,
-                 rows: tuple[int, int], cols: tuple[int, int]) -> None:
+                 rows: tuple[int, int], cols: tuple[int, int],
+                 hyper: _FloatHyper | None = None) -> None:
     """Optimise the symbols v[rows, cols] in place; the halo's symbols are fixed context.
     Bits count the tile's own symbols; distortion is judged on the pixels of the tile and of
-    its halo except the outermost latent's worth (whose own context is cut off)."""
+    its halo except the outermost latent's worth (whose own context is cut off). With
+    ``hyper`` (the whole image is this tile) z's symbols are optimised with them."""
     H, W = v.shape[-2:]
     (t0, t1), (s0, s1) = rows, cols
     a0, a1, b0, b1 = max(0, t0 - HALO), min(H, t1 + HALO), max(0, s0 - HALO), min(W, s1 + HALO)
@@ -207,20 +261,29 @@ def _search_tile(model, v: Tensor, sh: Tensor, mh: Tensor, gy: Tensor, gy_inv: T
     n_px = x.shape[-2] * x.shape[-1]  # bpp is per pixel of the whole image
     gc = model.gaussian_conditional
     lower = float(gc.lower_bound_scale.bound)
-    opt = torch.optim.Adam([w], lr=LR)
+    opt = torch.optim.Adam([{"params": [w]}] + ([{"params": [hyper.w], "lr": LR_Z}]
+                                                 if hyper is not None else []), lr=LR)
     for it in range(n):
         tau = TAU_START * (TAU_END / TAU_START) ** (it / max(1, n - 1))
-        lo = torch.floor(w.detach())
-        d = (w - lo).clamp(1e-4, 1 - 1e-4)
-        logits = torch.stack([-torch.atanh(d), -torch.atanh(1 - d)]) / tau
-        noise = torch.rand(logits.shape, generator=gen).clamp_(1e-9, 1).to(w.device)
-        gumbel = -torch.log(-torch.log(noise))
-        soft = lo + torch.softmax(logits + gumbel, 0)[1]
-        q = torch.where(inner, soft, fixed)
+
+        def soft_round(u: Tensor) -> Tensor:
+            """Stochastic Gumbel annealing: a soft, random mix of u's two neighbouring
+            integers, harder as tau falls."""
+            lo = torch.floor(u.detach())
+            d = (u - lo).clamp(1e-4, 1 - 1e-4)
+            logits = torch.stack([-torch.atanh(d), -torch.atanh(1 - d)]) / tau
+            noise = torch.rand(logits.shape, generator=gen).clamp_(1e-9, 1).to(u.device)
+            gumbel = -torch.log(-torch.log(noise))
+            return lo + torch.softmax(logits + gumbel, 0)[1]
+
+        q = torch.where(inner, soft_round(w), fixed)
+        bits = 0.0
+        if hyper is not None:
+            bits, sh, mh = hyper(soft_round if Z_ANNEAL else _round_ste)
         sigma, latent = _decode_soft(model, q, sh, mh, gy, gy_inv)
         sigma = _table_scale(gc, sigma.clamp_min(lower))
         lik = gc._likelihood(q, sigma)
-        bits = -torch.log2(lik.clamp_min(1e-9)).masked_select(inner.expand_as(lik)).sum()
+        bits = bits + -torch.log2(lik.clamp_min(1e-9)).masked_select(inner.expand_as(lik)).sum()
         with torch.autocast(w.device.type, dtype=torch.bfloat16, enabled=autocast):
             x_hat = model.g_s(latent.contiguous(memory_format=torch.channels_last))
         x_hat = x_hat.float()[..., py0 - a0 * p:py1 - a0 * p, px0 - b0 * p:px1 - b0 * p]

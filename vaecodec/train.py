@@ -68,7 +68,8 @@ class TrainConfig:
     gain_lr_mult: float = 3.0      # the rate gains move slowly at the transforms' lr
     transform_lr_mult: float = 1.0 # g_a, g_s, h_a, h_s against the context and entropy models
     rate: str = "noise"            # y's rate term: "noise", "ste" or "mixed" (model.py)
-    cost_power: float = 0.0        # each crop's cost / cost^p (rd_loss): 1 weighs rates alike
+    cost_power: float = 0.0        # each crop's cost / scale^p (rd_loss): 1 weighs rates alike
+    cost_scale: str = "crop"       # the scale: the crop's own cost, or its level's ("level")
     hold_out: bool = True          # leave out the held-out photos (``held_out``) to judge on
     log_every: int = 50            # steps between host syncs (log, progress bar)
     channels_last: bool = True     # the transforms' activations in NHWC (faster convs)
@@ -153,16 +154,20 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
-            bf16: bool, rate: str = "noise", cost_power: float = 0.0) -> dict[str, torch.Tensor]:
+            bf16: bool, rate: str = "noise", cost_power: float = 0.0,
+            scale: "LevelCostScale | None" = None) -> dict[str, torch.Tensor]:
     """lambda * 255^2 * MSE + bpp, each crop at its own lambda. ``model`` may be the
     DistributedDataParallel wrapper: the forward must go through it (that is what averages
     the gradients), the lambdas come from the model inside.
 
     The cost at the top level is 15x the bottom's, so in a plain mean the high rates set the
-    gradient. ``cost_power`` p divides each crop's cost by its own (detached) value to the
-    power p: 0 the plain mean, 1 the gradient of log cost (every crop's relative gain worth
-    the same), between them a balance. "loss" stays the plain mean (what the log shows);
-    "objective" is what is minimised."""
+    gradient. ``cost_power`` p divides each crop's cost by a detached scale to the power p:
+    0 the plain mean, 1 every relative gain worth the same, between them a balance. The
+    scale is the crop's own cost, or with ``scale`` (a ``LevelCostScale``) the running mean
+    cost of the crop's level: that weighs the levels alike but keeps, within a level, the
+    plain mean, where a textured crop counts for more than a flat one, as its bits do in a
+    file. "loss" stays the plain mean (what the log shows); "objective" is what is
+    minimised."""
     out = model(x, level, autocast=bf16, rate=rate)
     n_px = x.size(2) * x.size(3)
     bits = sum(torch.log(lk).flatten(1).sum(1) for lk in out["likelihoods"].values())
@@ -170,10 +175,47 @@ def rd_loss(model: torch.nn.Module, x: torch.Tensor, level: torch.Tensor,
     mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
     lam = getattr(model, "module", model).lambda_at(level)
     cost = metrics.rd_cost(lam, metrics.PEAK ** 2 * mse, bpp)
-    objective = (cost / cost.detach().clamp_min(1e-6) ** cost_power).mean()  # p = 0: cost
+    ref = cost.detach() if scale is None else scale(level, cost.detach())
+    objective = (cost / ref.clamp_min(1e-6) ** cost_power).mean()  # p = 0: the plain cost
     psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
     return {"loss": cost.detach().mean(), "objective": objective, "bpp": bpp.detach().mean(),
             "mse": mse.detach().mean(), "psnr": psnr.mean()}
+
+
+class LevelCostScale:
+    """The mean cost at each level: at every integer level a running, distance-weighted
+    linear fit of log cost against the crops' levels nearby (a crop between two levels
+    counts towards both), whose value at the level itself is the estimate; a plain average
+    there would be pulled towards the middle of the range. Read back by interpolating in log
+    space. Tensors only, so no host sync per step. Until a level has seen a few crops it
+    answers with the crop's own cost."""
+
+    def __init__(self, levels: int, decay: float = 0.99,
+                 device: torch.device | str = "cpu") -> None:
+        self.decay = decay
+        self.sums = torch.zeros(5, levels, device=device)   # w, w*d, w*d^2, w*y, w*d*y
+
+    def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """log cost at each level, and whether there is enough to go on."""
+        w, wd, wdd, wy, wdy = self.sums
+        var = wdd - wd * wd / w.clamp_min(1e-9)
+        slope = torch.where(var > 1e-3 * w, (wdy - wd * wy / w.clamp_min(1e-9))
+                            / var.clamp_min(1e-9), torch.zeros_like(w))
+        return (wy - slope * wd) / w.clamp_min(1e-9), w >= 2
+
+    def __call__(self, level: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        n = self.sums.size(1)
+        lo = level.floor().long().clamp(0, n - 1)
+        hi = (lo + 1).clamp(max=n - 1)
+        t = (level - lo).clamp(0, 1)
+        log_cost, ok = self.estimate()
+        ref = torch.where(ok[lo] & ok[hi],
+                          torch.exp(torch.lerp(log_cost[lo], log_cost[hi], t)), cost)
+        y = cost.clamp_min(1e-6).log()
+        self.sums.mul_(self.decay)
+        for idx, w, d in ((lo, 1 - t, t), (hi, t, t - 1)):
+            self.sums.index_add_(1, idx, torch.stack([w, w * d, w * d * d, w * y, w * d * y]))
+        return ref
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -426,6 +468,8 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
         f"{procs} x {cfg.crop}^2; rate {cfg.rate}; threads {torch.get_num_threads()}; "
         f"bf16 {cfg.bf16}")
     ema_params, model_params = list(ema.parameters()), list(model.parameters())
+    level_scale = LevelCostScale(model.levels, device=dev) if cfg.cost_scale == "level" \
+        else None
 
     log_f = open(cfg.log, "a", newline="") if cfg.log and lead else None
     log_w = csv.writer(log_f) if log_f else None
@@ -450,7 +494,7 @@ def _train(cfg: TrainConfig, resume: str | None, progress_bar: bool, ctx: _Dist)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             level = sample_levels(cfg.batch_size, model.levels, cfg.end_weight, dev)
-            res = rd_loss(net, x, level, cfg.bf16, cfg.rate, cfg.cost_power)
+            res = rd_loss(net, x, level, cfg.bf16, cfg.rate, cfg.cost_power, level_scale)
             opt.zero_grad(set_to_none=True)
             res["objective"].backward()
             # One all-reduce gives the log the mean over all crops and every process the same

@@ -11,14 +11,14 @@ set -eo pipefail
 # pool of train/ holds only its 15 photos of 512 px and more), the noise rate term, float32
 # (bfloat16 cost the top quality more in CPU runs), the transforms at a lower lr.
 : "${OUT:=/tmp/out}" "${MINUTES:=8}" "${BATCH:=16}" "${CROP:=192}" "${LR:=1e-4}" \
-  "${RATE:=noise}" "${TLR:=0.3}" "${BF16:=0}" "${COST_POWER:=0}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
+  "${RATE:=noise}" "${TLR:=0.3}" "${BF16:=0}" "${COST_POWER:=0}" "${COST_SCALE:=crop}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
 mkdir -p "$OUT" /tmp/ck
 DATA=(.gpu/train)
 [ -d .gpu/train_hq ] && DATA+=(.gpu/train_hq)
 python3 -m vaecodec train "${DATA[@]}" --out /tmp/ck/gpu.pt --device "$DEVICE" \
     --init-from "${INIT:-models/vaecodec-groups-vr.safetensors}" --minutes "$MINUTES" \
     ${STEPS:+--steps $STEPS} --batch-size "$BATCH" --crop "$CROP" --lr "$LR" \
-    --rate "$RATE" --transform-lr "$TLR" --cost-power "$COST_POWER" --log-every "$LOG_EVERY" \
+    --rate "$RATE" --transform-lr "$TLR" --cost-power "$COST_POWER" --cost-scale "$COST_SCALE" --log-every "$LOG_EVERY" \
     $([ "$BF16" = 1 ] && echo --bf16 || echo --no-bf16) \
     --no-hold-out `# pack.py left the held-out photos out (by their PNG names)` \
     --decay-frac 0.2 --log "$OUT/gpu-train.csv"
