@@ -248,3 +248,21 @@ def test_cost_power_weighs_each_crop_by_its_own_cost():
     assert c_b > 5 * c_a                                # the top level's cost dwarfs the bottom's
     assert torch.allclose(g0, (g_a + g_b) / 2, rtol=1e-4, atol=1e-8)
     assert torch.allclose(g1, (g_a / c_a + g_b / c_b) / 2, rtol=1e-4, atol=1e-8)
+
+
+def test_level_cost_scale_tracks_each_levels_mean_cost():
+    """--cost-scale level: the scale a crop's cost is divided by is the running mean cost of
+    its level, read at the level itself (not pulled towards the middle by the crops around
+    it), interpolated between levels; a level not yet seen gives the crop's own cost."""
+    from vaecodec.train import LevelCostScale, sample_levels
+
+    torch.manual_seed(0)
+    scale = LevelCostScale(6)
+    first = scale(torch.tensor([2.5]), torch.tensor([7.0]))
+    assert torch.equal(first, torch.tensor([7.0]))
+    for _ in range(400):
+        level = sample_levels(8, 6, 0.5)
+        scale(level, 0.3 * torch.exp(0.6 * level) * torch.exp(0.05 * torch.randn(8)))
+    got = scale(torch.tensor([0.0, 2.5, 5.0]), torch.ones(3))
+    want = 0.3 * torch.exp(0.6 * torch.tensor([0.0, 2.5, 5.0]))
+    assert torch.allclose(got, want, rtol=0.03), (got, want)

@@ -40,7 +40,7 @@ class Coded:
 #: What each level gains, measured on held-out photos: benchmarks/effort/table.md.
 EFFORT_ITERATIONS: tuple[int, ...] = (0, 40, 80, 160, 320)
 #: Whether the search also moves z (refine.py: on images of one search tile).
-SEARCH_Z = True
+SEARCH_Z = False
 
 
 def quality_to_level(quality: float, levels: int) -> float:
