@@ -63,7 +63,7 @@ TILE, HALO = 48, 4
 
 def refine(model, y: Tensor, z: Tensor, x: Tensor, level: float, iterations: int,
            seed: int = 0, autocast: bool = True, coding_tile: int = 64,
-           search_z: bool = True) -> tuple[Tensor, Tensor]:
+           search_z: bool = False) -> tuple[Tensor, Tensor]:
     """A better (ungained latent, ungained z) for image ``x`` (1 x 3 x H x W, uint8 or float
     in [0, 1], unpadded; ``y`` covers its padded size) at rate ``level``, minimising the
     training objective ``lambda * 255^2 * MSE + bpp`` at that level's lambda, with bits
@@ -108,6 +108,7 @@ class _FloatHyper:
     hyper-synthesis's ungained (scales, means) of y from it."""
 
     def __init__(self, model, z: Tensor, level: float) -> None:
+        self.model, self.level = model, level
         lv = torch.full((1,), float(level), device=z.device)
         _, _, self.gz, self.gz_inv = (g.to(z.device) for g in model.gains(lv))
         eb = model.entropy_bottleneck
@@ -124,6 +125,14 @@ class _FloatHyper:
         lik = self.eb.likelihood_lower_bound(lik) if self.eb.use_likelihood_bound else lik
         bits = -torch.log2(lik.clamp_min(1e-9)).sum()
         scales, means = self.h_s(zh * self.gz_inv).chunk(2, 1)
+        # The values are the integer networks' for z's nearest symbols (the decoder's view:
+        # the float h_s is up to a tenth of a step off, many steps once gained at high
+        # rates), the gradient the float network's.
+        with torch.no_grad():
+            exact = self.model._hyper(torch.round(self.w) + self.medians, self.level, True)
+        unit = 2.0 ** -FRAC_BITS
+        scales, means = (f + (e.to(f.device, f.dtype) * unit - f).detach()
+                         for f, e in zip((scales, means), exact))
         return bits, scales, means
 
     def result(self) -> Tensor:
