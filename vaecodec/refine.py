@@ -25,10 +25,12 @@ Bamler, Mandt, "Improving Inference for Neural Image Compression", NeurIPS 2020)
 symbol is a soft, randomly drawn mix of its two neighbouring integers, and the temperature
 falls so that the mix ends up as a hard choice.
 
-z is searched too when the image is one search tile (``search_z``): its symbols are
-annealed the same way, priced by the entropy bottleneck, and go through the float
-hyper-synthesis into the means and scales of y's passes, so a z symbol is worth changing
-when what it saves or costs in y's bits and in the pixels outweighs its own bits. Larger
+z can be searched too when the image is one search tile (``search_z``, off by default:
+``benchmarks/search_z.py`` found it better only at the lowest rates): its symbols are
+priced by the entropy bottleneck and go through the hyper-synthesis (the integer
+network's values, the float one's gradient) into the means and scales of y's passes, so a
+z symbol is worth changing when what it saves or costs in y's bits and in the pixels
+outweighs its own bits. Larger
 images keep the analysis's z: a z symbol reaches over several y tiles, which are searched
 one at a time.
 
