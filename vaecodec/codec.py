@@ -39,8 +39,6 @@ class Coded:
 #: 768 x 512 image on 2 CPU cores (bfloat16 g_s where the CPU has bfloat16 dot products).
 #: What each level gains, measured on held-out photos: benchmarks/effort/table.md.
 EFFORT_ITERATIONS: tuple[int, ...] = (0, 40, 80, 160, 320)
-#: Whether the search also moves z (refine.py: on images of one search tile).
-SEARCH_Z = False
 
 
 def quality_to_level(quality: float, levels: int) -> float:
@@ -163,8 +161,7 @@ def code_at(a: Analysis, quality: float, loaded: LoadedModel, integer: bool = Tr
 
     x = torch.from_numpy(np.require(a.rgb, np.uint8, ["C", "W"])).to(a.y.device)
     x = x.permute(2, 0, 1)[None]
-    y, z = refine.refine(loaded.model, a.y, a.z, x, level, iterations, coding_tile=TILE_LATENTS,
-                         search_z=SEARCH_Z)
+    y, z = refine.refine(loaded.model, a.y, a.z, x, level, iterations, coding_tile=TILE_LATENTS)
     searched, y_hat_s = _code_latent(a, y, quality, level, loaded, integer, rdoq=False, z=z)
     lam = loaded.model.lambda_for(level)
     cost = [_rd_cost(a, c, yh, loaded, lam) for c, yh in ((coded, y_hat), (searched, y_hat_s))]
