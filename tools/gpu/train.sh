@@ -12,7 +12,7 @@ set -eo pipefail
 # (bfloat16 cost the top quality more in CPU runs), the transforms at a lower lr, each
 # crop's cost over its own to the power 0.25 (the low rates weigh a little more).
 : "${OUT:=/tmp/out}" "${MINUTES:=8}" "${BATCH:=16}" "${CROP:=192}" "${LR:=1e-4}" \
-  "${RATE:=noise}" "${TLR:=0.3}" "${BF16:=0}" "${COST_POWER:=0.25}" "${COST_SCALE:=crop}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
+  "${RATE:=noise}" "${TLR:=0.3}" "${BF16:=0}" "${COST_POWER:=1}" "${COST_SCALE:=crop}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
 mkdir -p "$OUT" /tmp/ck
 DATA=(.gpu/train)
 [ -d .gpu/train_hq ] && DATA+=(.gpu/train_hq)
