@@ -141,8 +141,8 @@ def main() -> None:
 @click.option("-e", "--effort", type=click.IntRange(0, 4), default=0, show_default=True,
               help="Search for better symbols for each image, priced as the context model "
                    "codes them (like cwebp -m 6 or avifenc -s 0): 1..4 run 40, 80, 160, 320 "
-                   "steps; on held-out photos -8.7, -11.6, -13.4, -14.5% BD-rate against 0, "
-                   "for about 50, 95, 185, 365 s per megapixel on 2 cores "
+                   "steps; on held-out photos -7.3, -10.3, -12.1, -13.3% BD-rate against 0, "
+                   "for about 50, 95, 190, 365 s per megapixel on 2 cores "
                    "(benchmarks/effort). The file is never worse than effort 0's and any "
                    "decoder reads it. With a size or PSNR target the quality is fitted "
                    "without search, then searched once. 0: no search.")
