@@ -10,7 +10,8 @@ set -eo pipefail
 # The recipe (models/README.md, "Joint training"): crops of 192 (at 256 the 2x-downscaled
 # pool of train/ holds only its 15 photos of 512 px and more), the noise rate term, float32
 # (bfloat16 cost the top quality more in CPU runs), the transforms at a lower lr, each
-# crop's cost over its own to the power 0.25 (the low rates weigh a little more).
+# crop's cost over its own (power 1: every crop's relative gain alike, the low rates weigh
+# as much as the high ones).
 : "${OUT:=/tmp/out}" "${MINUTES:=8}" "${BATCH:=16}" "${CROP:=192}" "${LR:=1e-4}" \
   "${RATE:=noise}" "${TLR:=0.3}" "${BF16:=0}" "${COST_POWER:=1}" "${COST_SCALE:=crop}" "${DEVICE:=cuda}" "${LOG_EVERY:=200}"
 mkdir -p "$OUT" /tmp/ck
